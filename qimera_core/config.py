@@ -1,0 +1,302 @@
+"""TrainConfig: the one frozen description of a run, its presets, and CLI flags made from it.
+
+Field names are also the CLI flags (`mix_prob` -> `--mix-prob`), the sweep keys and the
+Parquet columns. Paper symbols are given in comments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METHODS = ("qimera", "gdfq")
+# The switches that turn Qimera into the GDFQ baseline (method doc §9.2).
+GDFQ_SWITCHES: dict[str, Any] = dict(mix_prob=0.0, dm_layers=0, emb_init="random",
+                                     freeze_embeddings=False)
+EVAL_DATA = ("cifar10", "cifar100", "imagenet", "digits", "synthetic")  # plus npz:PATH, imagenet:PATH
+NORMALIZATIONS = ("auto", "cifar10", "cifar100", "imagenet", "digits", "none")
+DEVICES = ("auto", "cpu", "cuda")
+# Fields that say where or how fast a run happens, not what it computes: left out of the
+# config hash so that the same trial on another machine or cache is recognised as done.
+RUN_ONLY_FIELDS = ("device", "num_threads", "cache_dir")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("QIMERA_CACHE", str(Path("~/.cache/qimera-sweeps").expanduser()))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything one Qimera/GDFQ run depends on. Defaults = CIFAR-10 ResNet-20 4w4a (paper)."""
+
+    # what to quantize and how to evaluate it
+    teacher: str = "resnet20_cifar10"    # registry name, see qimera_core.models.TEACHERS
+    teacher_weights: str = ""            # path; "" = prepared cache; "random" = random init (tests)
+    eval_data: str = "cifar10"           # cifar10 | cifar100 | imagenet[:VALDIR] | npz:PATH | digits
+    normalization: str = "auto"          # test-image normalisation; auto = the teacher's own
+    eval_batch_size: int = 200
+    eval_limit: int = 0                  # evaluate on the first N images only (0 = all)
+    cache_dir: str = ""                  # datasets and teacher weights; "" = $QIMERA_CACHE
+    w_bits: int = 4
+    a_bits: int = 4
+
+    # the method: Qimera knobs (paper symbols in comments)
+    method: str = "qimera"               # qimera | gdfq (gdfq = the GDFQ_SWITCHES below)
+    mix_prob: float = 0.4                # p: probability that a batch is superposed
+    mix_classes: int = 2                 # K: class embeddings superposed per sample
+    mix_mode: str = "batch"              # batch (official: whole batch with prob p) | sample
+    dm_layers: int = 1                   # disentanglement-mapping layers; 0 turns DM off
+    dm_width: int = 100                  # DM output width (official: 100)
+    dm_activation: str = "leaky_relu"    # between stacked DM layers: none | relu | leaky_relu
+    noise_sigma: float = 1.0             # sigma: scale of the noise added to class embeddings
+    emb_init: str = "extracted"          # extracted (teacher classifier rows) | random N(0,1)
+    freeze_embeddings: bool = False      # keep extracted embeddings fixed (supp Table 7)
+    latent_input: str = "additive"       # additive (Qimera) | multiplicative (original GDFQ)
+    cbn_mix: str = "mean"                # ImageNet CBN under superposition: mean (official) | sum
+
+    # optimisation
+    epochs: int = 400
+    steps_per_epoch: int = 200
+    batch_size: int = 200
+    warmup_epochs: int = 4               # generator-only epochs before the student trains
+    act_range_epochs: int = 4            # activation ranges track (EMA) in these epochs, then freeze
+    act_range_mode: str = "official"     # official (compounding bias correction) | ema
+    act_ema_beta: float = 0.9
+    lr_student: float = 1e-4
+    lr_generator: float = 1e-3
+    lr_milestones: tuple[int, ...] = (100, 200, 300)
+    lr_gamma: float = 0.1
+    momentum: float = 0.9                # student SGD (Nesterov)
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.5
+    adam_beta2: float = 0.999
+    bns_weight: float = 0.1              # weight of the BN-statistics loss in the generator loss
+    kd_temperature: float = 20.0         # T
+    kd_alpha: float = 1.0                # alpha
+    kd_reduction: str = "elementwise_mean"  # elementwise_mean (official KLDivLoss) | batchmean
+    eval_every: int = 1
+    eval_start_epoch: int = 0            # first epoch evaluated (official ImageNet: 49)
+
+    # run
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda
+    num_threads: int = 0                 # torch intra-op threads; 0 = all CPUs this process may use
+    channels_last: bool = False          # CUDA only: NHWC memory format
+    amp_bf16: bool = False               # CUDA only: bf16 autocast for teacher/generator forwards
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from a flat dict (a sweep trial, a Parquet row, a checkpoint). Unknown keys fail."""
+        unknown = sorted(set(d) - FIELD_NAMES)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; valid keys are the TrainConfig "
+                             f"fields: {sorted(FIELD_NAMES)}")
+        return cls(**{k: _coerce(k, v) for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def config_hash(self) -> str:
+        """Content hash of everything that decides the result (seed included)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        blob = json.dumps(d, sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir or default_cache_dir()).expanduser()
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_NAMES = frozenset(FIELDS)
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Lists (from JSON, Parquet or Tune) become tuples; numpy scalars become Python scalars."""
+    hint = _HINTS[key]
+    if hint == tuple[int, ...]:
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        return tuple(int(v) for v in value)
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, str)):
+        value = value.item()
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks reads best
+    for name, hint in _HINTS.items():
+        v = getattr(c, name)
+        if hint is bool:
+            _check(isinstance(v, bool), f"{name} must be true or false, got {v!r}")
+        elif hint is int:
+            _check(isinstance(v, int) and not isinstance(v, bool),
+                   f"{name} must be an integer, got {v!r}")
+        elif hint is float:
+            _check(isinstance(v, (int, float)) and not isinstance(v, bool),
+                   f"{name} must be a number, got {v!r}")
+        elif hint is str:
+            _check(isinstance(v, str), f"{name} must be a string, got {v!r}")
+    _check(2 <= c.w_bits <= 8, f"w_bits must be in 2..8, got {c.w_bits}")
+    _check(2 <= c.a_bits <= 8, f"a_bits must be in 2..8, got {c.a_bits}")
+    _check(c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}")
+    if c.method == "gdfq":
+        bad = {k: getattr(c, k) for k, v in GDFQ_SWITCHES.items() if getattr(c, k) != v}
+        _check(not bad, f"method='gdfq' means {GDFQ_SWITCHES}, but this config sets {bad}. "
+                        "Build it with qimera_core.config.build(method='gdfq', ...) or "
+                        "the CLI's --method gdfq, which apply the switches, or use method='qimera'")
+    _check(0.0 <= c.mix_prob <= 1.0, f"mix_prob (p) must be in [0, 1], got {c.mix_prob}")
+    _check(c.mix_classes >= 1, f"mix_classes (K) must be >= 1, got {c.mix_classes}")
+    _check(c.mix_mode in ("batch", "sample"),
+           f"mix_mode must be 'batch' (official) or 'sample', got {c.mix_mode!r}")
+    _check(c.dm_layers >= 0, f"dm_layers must be >= 0 (0 turns DM off), got {c.dm_layers}")
+    _check(c.dm_width >= 1, f"dm_width must be >= 1, got {c.dm_width}")
+    _check(c.dm_activation in ("none", "relu", "leaky_relu"),
+           f"dm_activation must be none, relu or leaky_relu, got {c.dm_activation!r}")
+    _check(c.noise_sigma >= 0, f"noise_sigma (sigma) must be >= 0, got {c.noise_sigma}")
+    _check(c.emb_init in ("extracted", "random"),
+           f"emb_init must be 'extracted' or 'random', got {c.emb_init!r}")
+    _check(not (c.freeze_embeddings and c.emb_init == "random"),
+           "freeze_embeddings=True keeps the teacher's classifier rows fixed and needs "
+           "emb_init='extracted'; set emb_init='extracted' or freeze_embeddings=False")
+    _check(c.latent_input in ("additive", "multiplicative"),
+           f"latent_input must be 'additive' or 'multiplicative', got {c.latent_input!r}")
+    if c.latent_input == "multiplicative":
+        _check(c.mix_prob == 0 and c.dm_layers == 0 and c.emb_init == "random",
+               "latent_input='multiplicative' is the original GDFQ generator input: it needs "
+               "mix_prob=0, dm_layers=0 and emb_init='random' (use method='gdfq')")
+    _check(c.cbn_mix in ("mean", "sum"), f"cbn_mix must be 'mean' or 'sum', got {c.cbn_mix!r}")
+    for name in ("epochs", "steps_per_epoch", "batch_size", "eval_batch_size", "eval_every"):
+        _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
+    _check(c.batch_size >= 2, "batch_size must be >= 2: the generator's BatchNorm needs "
+                              f"at least two samples, got {c.batch_size}")
+    _check(0 <= c.warmup_epochs <= c.epochs,
+           f"warmup_epochs must be in 0..epochs ({c.epochs}), got {c.warmup_epochs}")
+    _check(c.act_range_epochs >= 1, "act_range_epochs must be >= 1: activation ranges need "
+                                    f"at least one calibration epoch, got {c.act_range_epochs}")
+    _check(c.act_range_mode in ("official", "ema"),
+           f"act_range_mode must be 'official' or 'ema', got {c.act_range_mode!r}")
+    _check(0.0 < c.act_ema_beta < 1.0, f"act_ema_beta must be in (0, 1), got {c.act_ema_beta}")
+    for name in ("lr_student", "lr_generator", "lr_gamma", "bns_weight", "kd_temperature"):
+        _check(getattr(c, name) > 0 or (name == "bns_weight" and c.bns_weight == 0),
+               f"{name} must be > 0, got {getattr(c, name)}")
+    _check(c.kd_alpha >= 0, f"kd_alpha must be >= 0, got {c.kd_alpha}")
+    _check(list(c.lr_milestones) == sorted(c.lr_milestones) and all(m > 0 for m in c.lr_milestones),
+           f"lr_milestones must be increasing positive epochs, got {c.lr_milestones}")
+    _check(c.kd_reduction in ("elementwise_mean", "batchmean"),
+           f"kd_reduction must be 'elementwise_mean' (official) or 'batchmean', got {c.kd_reduction!r}")
+    _check(c.eval_limit >= 0, f"eval_limit must be >= 0 (0 = all), got {c.eval_limit}")
+    _check(c.eval_start_epoch >= 0, f"eval_start_epoch must be >= 0, got {c.eval_start_epoch}")
+    _check(c.device in DEVICES or c.device.startswith("cuda:"),
+           f"device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
+    _check(c.num_threads >= 0, f"num_threads must be >= 0 (0 = all CPUs), got {c.num_threads}")
+    _check(c.normalization in NORMALIZATIONS,
+           f"normalization must be one of {NORMALIZATIONS}, got {c.normalization!r}")
+    kind = c.eval_data.split(":", 1)[0]
+    _check(kind in EVAL_DATA or kind == "npz",
+           f"eval_data must be one of {EVAL_DATA}, 'imagenet:VALDIR' or 'npz:PATH', "
+           f"got {c.eval_data!r}")
+    if kind == "npz":
+        _check(len(c.eval_data) > 4, "eval_data='npz:PATH' needs a path after 'npz:'")
+
+
+# ---- presets -------------------------------------------------------------------------------
+_CIFAR = dict(epochs=400, steps_per_epoch=200, batch_size=200, warmup_epochs=4,
+              lr_student=1e-4, eval_batch_size=200, dm_layers=1, emb_init="extracted")
+_IMAGENET = dict(eval_data="imagenet", epochs=400, steps_per_epoch=200, batch_size=16,
+                 warmup_epochs=50, lr_student=1e-6, eval_batch_size=16, eval_start_epoch=49,
+                 dm_layers=1, emb_init="extracted")
+
+
+def _p(base: dict, teacher: str, bits: int, p: float, k: int, **kw: Any) -> dict[str, Any]:
+    return {**base, "teacher": teacher, "w_bits": bits, "a_bits": bits, "mix_prob": p,
+            "mix_classes": k, **kw}
+
+
+# p and K from the official run scripts (method doc §5.6). Bits are what the name says, DM is
+# one layer and embeddings are extracted and trainable, as in the paper. The scripts' own
+# per-setting embedding init is in OFFICIAL_EMB_INIT; apply it with `--emb-init random`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10-resnet20-4w4a": _p(_CIFAR, "resnet20_cifar10", 4, 0.4, 2, eval_data="cifar10"),
+    "cifar10-resnet20-5w5a": _p(_CIFAR, "resnet20_cifar10", 5, 0.4, 2, eval_data="cifar10"),
+    "cifar100-resnet20-4w4a": _p(_CIFAR, "resnet20_cifar100", 4, 0.4, 10, eval_data="cifar100"),
+    "cifar100-resnet20-5w5a": _p(_CIFAR, "resnet20_cifar100", 5, 0.4, 50, eval_data="cifar100"),
+    "imagenet-resnet18-4w4a": _p(_IMAGENET, "resnet18", 4, 0.4, 500),
+    "imagenet-resnet18-5w5a": _p(_IMAGENET, "resnet18", 5, 0.4, 100),
+    "imagenet-resnet50-4w4a": _p(_IMAGENET, "resnet50", 4, 0.7, 500),
+    "imagenet-resnet50-5w5a": _p(_IMAGENET, "resnet50", 5, 0.7, 100),
+    "imagenet-mobilenetv2-4w4a": _p(_IMAGENET, "mobilenetv2_w1", 4, 0.4, 100),
+    "imagenet-mobilenetv2-5w5a": _p(_IMAGENET, "mobilenetv2_w1", 5, 0.4, 100),
+    # Offline default: real data shipped with scikit-learn, a narrow BN ResNet teacher trained
+    # once into the cache, 2-bit so that quantization hurts and Qimera has a gap to recover.
+    "digits-2w2a": dict(teacher="digits_resnet8", eval_data="digits", w_bits=2, a_bits=2,
+                        mix_prob=0.4, mix_classes=2, dm_layers=1, emb_init="extracted",
+                        epochs=12, steps_per_epoch=50, batch_size=64, warmup_epochs=2,
+                        act_range_epochs=2, lr_student=1e-3, lr_milestones=(8,),
+                        eval_batch_size=500),
+    # Tiny schedule on the same data, for sweeps' --smoke-test and tests.
+    "digits-smoke": dict(teacher="digits_resnet8", eval_data="digits", w_bits=2, a_bits=2,
+                         mix_prob=0.4, mix_classes=2, dm_layers=1, emb_init="extracted",
+                         epochs=3, steps_per_epoch=8, batch_size=32, warmup_epochs=1,
+                         act_range_epochs=1, lr_student=1e-3, lr_milestones=(100,),
+                         eval_batch_size=500, num_threads=1),
+}
+# Embedding init the official run scripts use (random for CIFAR-10, ResNet-18, MobileNetV2).
+OFFICIAL_EMB_INIT = {name: ("extracted" if ("cifar100" in name or "resnet50" in name) else "random")
+                     for name in PRESETS if not name.startswith("digits")}
+
+
+def build(preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """A preset plus overrides. `method='gdfq'` applies GDFQ_SWITCHES unless they are overridden."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    d: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    method = overrides.get("method", d.get("method", "qimera"))
+    if method == "gdfq":
+        d.update(GDFQ_SWITCHES)
+    d.update(overrides)
+    return TrainConfig.from_dict(d)
+
+
+# ---- CLI flags from the fields -------------------------------------------------------------
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--kebab-case` flag per field; unset flags stay None so presets are not overridden."""
+    for name, f in FIELDS.items():
+        hint = _HINTS[name]
+        flag = "--" + name.replace("_", "-")
+        helptext = f"(default: {f.default})"
+        if hint is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=helptext)
+        elif hint == tuple[int, ...]:
+            parser.add_argument(flag, dest=name, default=None, metavar="N,N,...", help=helptext)
+        else:
+            parser.add_argument(flag, dest=name, type=hint, default=None, help=helptext)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
+
+
+def validate_all(configs: Sequence[Mapping[str, Any]]) -> list[TrainConfig]:
+    return [TrainConfig.from_dict(c) for c in configs]
