@@ -1,0 +1,231 @@
+"""`python -m analysis tables|plots|watch|status`: paper tables, figures and a live view of a sweep."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import render, status
+from .load import AnalysisError, Results, load
+from .tables import METRICS, TABLES, make_tables, table_name
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    """A status line per step on stderr, with elapsed time, for work that takes seconds."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.start, self.quiet = time.monotonic(), quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, required=True,
+                   help="directory with the sweep's trials-*.parquet and curves-*.parquet")
+    p.add_argument("--out", type=Path, required=True, help="directory to write into")
+    p.add_argument("--table", action="append", default=None, metavar="N",
+                   help=f"table to make ({', '.join(TABLES)} or just the number); "
+                        "repeat or comma-separate; default: every table with trials")
+    p.add_argument("--metric", choices=sorted(METRICS), default="top1",
+                   help="top1 = final accuracy (default); best_top1 = best epoch, chosen on the "
+                        "test set (optimistic, labelled as such)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds each cell should have; cells with fewer show n "
+                        "(default: the number of seeds found in the table)")
+    p.add_argument("--compare-paper", action="store_true",
+                   help="add the paper's value and Δ = ours - paper to each cell")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("tables", help="write the paper tables as CSV, Markdown and LaTeX")
+    _add_common(t)
+    t.add_argument("--format", default="csv,md,tex", help="comma list of csv, md, tex")
+    t.set_defaults(func=cmd_tables)
+    p = sub.add_parser("plots", help="write the figures as PNG and PDF")
+    _add_common(p)
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a trial's checkpoint directory: also draw Figure 5 (PCA) and 6 (samples)")
+    p.add_argument("--classes", type=int, default=10,
+                   help="classes shown in Figures 5 and 6 (the first N)")
+    p.add_argument("--format", default="png,pdf", help="comma list of image formats")
+    p.set_defaults(func=cmd_plots)
+    w = sub.add_parser("watch", help="re-render tables and figures whenever new results land")
+    _add_common(w)
+    w.add_argument("--interval", type=float, default=30.0, help="seconds between checks")
+    w.add_argument("--max-iterations", type=int, default=0,
+                   help="stop after this many checks (0 = until Ctrl-C)")
+    w.add_argument("--once", action="store_true", help="render once and exit (= --max-iterations 1)")
+    w.add_argument("--no-plots", action="store_true", help="tables and status only")
+    w.set_defaults(func=cmd_watch)
+    s = sub.add_parser("status", help="print trial counts and GPU-hours per table")
+    s.add_argument("--results", type=Path, required=True)
+    s.set_defaults(func=cmd_status)
+    return parser
+
+
+def _names(args: argparse.Namespace) -> list[str] | None:
+    if not args.table:
+        return None
+    return [table_name(t) for arg in args.table for t in arg.split(",") if t.strip()]
+
+
+def _table_kwargs(args: argparse.Namespace) -> dict:
+    return dict(metric=args.metric, seeds=args.seeds, compare_paper=args.compare_paper)
+
+
+def write_tables(results: Results, args: argparse.Namespace, formats: list[str],
+                 progress: Progress) -> list[Path]:
+    written = []
+    for table in make_tables(results, _names(args), **_table_kwargs(args)):
+        counts = table.cells.loc[table.cells["kind"] == "ours", "status"].value_counts()
+        paths = render.write_table(table, args.out, formats)
+        progress(f"{table.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+                 + f" -> {', '.join(p.name for p in paths)}")
+        written += paths
+    return written + write_status(results, args.out)
+
+
+def write_status(results: Results, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    frame = status.summary(results)
+    frame.to_csv(out / "status.csv", index=False)
+    (out / "status.md").write_text(status.to_markdown(frame), "utf-8")
+    return [out / "status.csv", out / "status.md"]
+
+
+def write_plots(results: Results, args: argparse.Namespace, formats: tuple[str, ...],
+                progress: Progress) -> list[Path]:
+    from . import plots  # matplotlib/seaborn load only when figures are wanted
+
+    names = _names(args)
+    figure_tables = [n for n in (names or ["table6", "table8", "table9"])
+                     if n in ("table6", "table8", "table9")]
+    present = set().union(*results.trials["tables"]) if not results.trials.empty else set()
+    tables = make_tables(results, [n for n in figure_tables if n in present],
+                         **_table_kwargs(args))
+    curves = results.curves
+    if names and not curves.empty:
+        curves = curves[curves["table"].isin(names)]
+    written = []
+    for stem, make in plots.figure_jobs(tables, curves):
+        progress(f"drawing {stem}")
+        written += plots.save(make(), args.out, stem, formats)
+    return written
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    progress = Progress()
+    formats = render.parse_formats(args.format)
+    results = load(args.results)
+    progress(f"loaded {args.results}: {status.status_line(results)}")
+    written = write_tables(results, args, formats, progress)
+    progress(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _image_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(f.strip().lower().lstrip(".") for f in text.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        raise AnalysisError(f"--format takes a comma list of png, pdf, svg; got {text!r}")
+    return formats
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    progress = Progress()
+    formats = _image_formats(args.format)
+    if args.checkpoint is not None and not args.checkpoint.is_dir():
+        raise AnalysisError(f"--checkpoint {args.checkpoint} is not a directory; pass a trial's "
+                            "checkpoint directory (the one train() writes as out_dir/checkpoint)")
+    results = load(args.results)
+    progress(f"loaded {args.results}: {status.status_line(results)}")
+    written = write_plots(results, args, formats, progress)
+    if args.checkpoint is not None:
+        written += write_sample_figures(args.checkpoint, args.out, formats, args.classes,
+                                        progress)
+    progress(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def write_sample_figures(checkpoint: Path, out: Path, formats: tuple[str, ...], classes: int,
+                         progress: Progress) -> list[Path]:
+    from . import plots, samples
+
+    progress(f"loading {checkpoint}")
+    trained = samples.load(checkpoint)
+    progress("drawing fig5_pca (teacher features of real and generated images)")
+    written = plots.save(samples.figure5(trained, classes=classes), out, "fig5_pca", formats)
+    progress("drawing fig6_samples")
+    return written + plots.save(samples.figure6(trained, classes=classes), out, "fig6_samples",
+                                formats)
+
+
+def _fingerprint(directory: Path) -> tuple:
+    files = sorted(directory.glob("trials-*.parquet")) + sorted(directory.glob("curves-*.parquet"))
+    return tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise AnalysisError(f"--interval must be > 0 seconds, got {args.interval}")
+    limit = 1 if args.once else args.max_iterations
+    progress, seen, i = Progress(), None, 0
+    try:
+        while True:
+            i += 1
+            seen = _watch_step(args, seen, progress)
+            if limit and i >= limit:
+                break
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+    return 0
+
+
+def _watch_step(args: argparse.Namespace, seen: tuple | None, progress: Progress) -> tuple | None:
+    if not args.results.is_dir():
+        progress(f"waiting for {args.results} to appear (Ctrl-C to stop)")
+        return seen
+    now = _fingerprint(args.results)
+    if now == seen:
+        return seen
+    if not now:
+        progress(f"waiting for results in {args.results} (Ctrl-C to stop)")
+        return now
+    results = load(args.results)
+    try:
+        write_tables(results, args, list(render.FORMATS), Progress(quiet=True))
+        if not args.no_plots:
+            write_plots(results, args, ("png",), Progress(quiet=True))
+    except AnalysisError as e:  # e.g. only running trials so far: keep watching
+        progress(f"not rendered yet: {e}")
+    progress(f"{status.status_line(results)} -> {args.out} (next check in {args.interval:g}s, "
+             "Ctrl-C to stop)")
+    return now
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    results = load(args.results)
+    print(status.summary(results).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except AnalysisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,187 @@
+"""Read a sweep's trial and curve Parquet files, check their schema, dedupe them and label them.
+
+Labels follow the paper: dataset (CIFAR-10, ...), model (ResNet-20, ...), bits ("4w4a") and
+method ("Qimera", "GDFQ", "Extracted Init + Freeze"), so the table code never sees registry names.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from qimera_core import results
+
+log = logging.getLogger(__name__)
+
+PAPER_DATASETS = ("CIFAR-10", "CIFAR-100", "ImageNet")
+PAPER_MODELS = ("ResNet-20", "ResNet-18", "ResNet-50", "MobileNetV2", "InceptionV3",
+                "SqueezeNext", "ShuffleNet")
+_DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet",
+             "digits": "digits", "synthetic": "synthetic"}
+_MODELS = {"resnet20_cifar10": "ResNet-20", "resnet20_cifar100": "ResNet-20",
+           "resnet20_cifar10_a": "ResNet-20", "resnet18": "ResNet-18", "resnet50": "ResNet-50",
+           "mobilenetv2_w1": "MobileNetV2", "mobilenet_v2": "MobileNetV2",
+           "digits_resnet8": "BN-ResNet-8", "tiny_resnet": "tiny ResNet"}
+# Registry names of the DSG-comparison models vary (pytorchcv vs torchvision), so match prefixes.
+_MODEL_PREFIXES = (("inception", "InceptionV3"), ("sqnxt", "SqueezeNext"),
+                   ("squeezenext", "SqueezeNext"), ("shufflenet", "ShuffleNet"))
+_STATUS_RANK = {"error": 0, "diverged": 1, "ok": 2}  # which row of a config_hash wins
+
+
+class AnalysisError(ValueError):
+    """Input the analysis cannot use; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Results:
+    """One results directory: deduped trials (all statuses), deduped curves, running trials."""
+
+    directory: Path
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    running: pd.DataFrame
+
+
+def dataset_label(eval_data: str, teacher: str = "") -> str:
+    kind = eval_data.split(":", 1)[0]
+    if kind == "npz":  # an exported test set: the teacher says which data set it is
+        if "cifar100" in teacher:
+            return "CIFAR-100"
+        return "CIFAR-10" if "cifar10" in teacher else "npz"
+    return _DATASETS.get(kind, kind)
+
+
+def model_label(teacher: str) -> str:
+    if teacher in _MODELS:
+        return _MODELS[teacher]
+    for prefix, label in _MODEL_PREFIXES:
+        if teacher.lower().startswith(prefix):
+            return label
+    return teacher
+
+
+def method_label(method: str, freeze_embeddings: bool) -> str:
+    if method == "gdfq":
+        return "GDFQ"
+    return "Extracted Init + Freeze" if freeze_embeddings else "Qimera"
+
+
+def add_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds dataset, model, bits, method_label, setting and paper_setting columns."""
+    df = df.copy()
+    df["dataset"] = [dataset_label(e, t) for e, t in zip(df["eval_data"], df["teacher"])]
+    df["model"] = [model_label(t) for t in df["teacher"]]
+    df["bits"] = [f"{int(w)}w{int(a)}a" for w, a in zip(df["w_bits"], df["a_bits"])]
+    df["method_label"] = [method_label(m, bool(f))
+                          for m, f in zip(df["method"], df["freeze_embeddings"])]
+    df["setting"] = [f"{d} {m} {b}" for d, m, b in zip(df["dataset"], df["model"], df["bits"])]
+    # Digits and synthetic runs are pipeline checks; they must never pass for paper results.
+    df["paper_setting"] = df["dataset"].isin(PAPER_DATASETS)
+    return df
+
+
+def setting_sort_key(dataset: str, model: str, bits: str) -> tuple:
+    """Paper order: CIFAR-10, CIFAR-100, ImageNet; ResNet-20, -18, -50, MobileNetV2; bits."""
+    d = PAPER_DATASETS.index(dataset) if dataset in PAPER_DATASETS else len(PAPER_DATASETS)
+    m = PAPER_MODELS.index(model) if model in PAPER_MODELS else len(PAPER_MODELS)
+    return (d, dataset, m, model, bits)
+
+
+def _read_files(directory: Path, stem: str) -> pd.DataFrame:
+    frames = []
+    for path in sorted(directory.glob(f"{stem}-*.parquet")):
+        df = pd.read_parquet(path)
+        _check_schema(df, path)
+        frames.append(df)
+    if not frames:
+        return results.to_frame([])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _check_schema(df: pd.DataFrame, path: Path) -> None:
+    if "schema_version" not in df.columns:
+        raise AnalysisError(f"{path} has no schema_version column: it was not written by "
+                            "qimera_core.results.write. Move it out of the results directory.")
+    found = sorted({int(v) for v in df["schema_version"].dropna().unique()})
+    if found and found != [results.SCHEMA_VERSION]:
+        raise AnalysisError(
+            f"{path} has schema_version {found}, but this analysis reads version "
+            f"{results.SCHEMA_VERSION} only. Install the qimera-sweeps version that wrote it "
+            "(see its git_sha column), or move the file out of the results directory.")
+    missing = [c for c in results.columns() if c not in df.columns]
+    if missing:
+        raise AnalysisError(f"{path} lacks schema columns {missing}; the file is damaged or "
+                            "was written by another tool. Move it out of the results directory.")
+
+
+def dedupe_trials(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per config_hash: the newest `ok` row, else the newest row of any status.
+
+    `tables` keeps every table the config was run for (a reused trial can serve two tables),
+    `attempts` how many rows it had.
+    """
+    if raw.empty:
+        out = raw.copy()
+        out["tables"], out["attempts"] = pd.Series(dtype=object), pd.Series(dtype="int64")
+        return out
+    df = raw.assign(_rank=raw["status"].map(_STATUS_RANK).fillna(-1),
+                    _when=pd.to_datetime(raw["finished_at"], utc=True, errors="coerce"))
+    df = df.sort_values(["config_hash", "_rank", "_when"], kind="stable")
+    groups = df.groupby("config_hash", sort=False)
+    tables = groups["table"].agg(lambda s: frozenset(s))
+    attempts = groups.size()
+    best = groups.tail(1).set_index("config_hash", drop=False)
+    best = best.assign(tables=tables.reindex(best.index), attempts=attempts.reindex(best.index))
+    return best.drop(columns=["_rank", "_when"]).reset_index(drop=True)
+
+
+def dedupe_curves(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per (trial_id, epoch), the newest: a restored trial reports some epochs twice."""
+    if raw.empty:
+        return raw.copy()
+    when = pd.to_datetime(raw["finished_at"], utc=True, errors="coerce")
+    df = raw.assign(_when=when).sort_values(["trial_id", "epoch", "_when"], kind="stable")
+    df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
+    return df.drop(columns="_when").reset_index(drop=True)
+
+
+def _running(curves: pd.DataFrame, raw_trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials that have reported epochs but no trial row yet: still running (or killed)."""
+    if curves.empty:
+        return curves.copy()
+    live = curves[~curves["trial_id"].isin(set(raw_trials["trial_id"]))]
+    return live.sort_values("epoch").groupby("trial_id", sort=False).tail(1).reset_index(drop=True)
+
+
+def load(directory: Path | str) -> Results:
+    """Reads `DIR/trials-*.parquet` and `DIR/curves-*.parquet`; raises AnalysisError if unusable."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AnalysisError(f"results directory {directory} does not exist; pass the "
+                            "--results DIR that the sweep wrote to")
+    raw_trials = _read_files(directory, "trials")
+    raw_curves = _read_files(directory, "curves")
+    if raw_trials.empty and raw_curves.empty:
+        raise AnalysisError(f"{directory} holds no trials-*.parquet or curves-*.parquet files; "
+                            "run a sweep with --results pointing here (e.g. python -m "
+                            f"sweeps.table9 --smoke-test --results {directory}) or fix the path")
+    trials = add_labels(dedupe_trials(raw_trials))
+    curves = add_labels(dedupe_curves(raw_curves))
+    running = _running(curves, raw_trials)
+    log.info("%s: %d trials (%d rows), %d curve rows, %d running", directory, len(trials),
+             len(raw_trials), len(curves), len(running))
+    return Results(directory=directory, trials=trials, curves=curves, running=running)
+
+
+def in_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The trials that were run for paper table `name` ("table9", "main", ...)."""
+    if trials.empty:
+        return trials
+    if "tables" in trials.columns:
+        mask = [name in t for t in trials["tables"]]
+    else:
+        mask = trials["table"] == name
+    return trials[mask]

@@ -1,0 +1,50 @@
+"""Cost and status summary of a results directory: trials ok/error/diverged/running, GPU-hours
+and wall time per table (per cell, the table CSVs carry `gpu_hours` and `wall_hours`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .load import Results
+
+_COUNTS = ("ok", "error", "diverged", "running")
+
+
+def _row(name: str, trials: pd.DataFrame, running: pd.DataFrame) -> dict:
+    counts = trials["status"].value_counts()
+    return {"table": name, "trials": len(trials) + len(running),
+            **{s: int(counts.get(s, 0)) for s in _COUNTS[:3]}, "running": len(running),
+            "gpu_hours": trials["gpu_seconds"].fillna(0).sum() / 3600,
+            "wall_hours": (trials["wall_time_s"].fillna(0).sum()
+                           + running["wall_time_s"].fillna(0).sum()) / 3600,
+            "settings": ", ".join(sorted(set(trials["setting"]) | set(running.get("setting", []))))}
+
+
+def summary(results: Results) -> pd.DataFrame:
+    """One row per table plus `all` (each trial counted once, even when two tables share it).
+
+    `running` = trials that reported epochs but have no trial row yet (or were killed).
+    `wall_hours` of running trials counts up to their last report.
+    """
+    trials, running = results.trials, results.running
+    names = set().union(*trials["tables"]) if not trials.empty else set()
+    names |= set(running["table"]) if not running.empty else set()
+    rows = []
+    for name in sorted(names):
+        mine = trials[[name in t for t in trials["tables"]]] if not trials.empty else trials
+        live = running[running["table"] == name] if not running.empty else running
+        rows.append(_row(name, mine, live))
+    rows.append(_row("all", trials, running))
+    return pd.DataFrame(rows)
+
+
+def status_line(results: Results) -> str:
+    """'12 trials: 10 ok, 1 error, 1 diverged, 2 running; 0.42 GPU-h, 1.3 h wall'."""
+    s = summary(results).iloc[-1]
+    return (f"{s['trials']} trials: {s['ok']} ok, {s['error']} error, {s['diverged']} diverged, "
+            f"{s['running']} running; {s['gpu_hours']:.2f} GPU-h, {s['wall_hours']:.2f} h wall")
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    return "**Trial status and cost** (GPU-hours from `gpu_seconds`, wall time from " \
+           "`wall_time_s`)\n\n" + frame.to_markdown(index=False, floatfmt=".3f") + "\n"
