@@ -105,6 +105,7 @@ def write_status(results: Results, out: Path) -> list[Path]:
 
 def write_plots(results: Results, args: argparse.Namespace, formats: tuple[str, ...],
                 progress: Progress) -> list[Path]:
+    progress("preparing figures")
     from . import plots  # matplotlib/seaborn load only when figures are wanted
 
     names = _names(args)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from qimera_core.results import METRICS
 
@@ -71,8 +72,12 @@ def heatmap_table9(table: PaperTable) -> Figure:
             sns.heatmap(mean, ax=ax, annot=annot.to_numpy(), fmt="", cmap="viridis",
                         cbar_kws={"label": "top-1 (%)"}, linewidths=0.5, annot_kws={"size": 7})
         ax.set_facecolor("0.85")  # missing cells
-        for text, is_bold in zip(ax.texts, bold.fillna(False).to_numpy().ravel()):
+        present = mean.notna().to_numpy()
+        # seaborn annotates only the cells it draws, in row-major order
+        for text, is_bold in zip(ax.texts, bold.to_numpy()[present]):
             text.set_fontweight("bold" if is_bold else "normal")
+        for i, j in zip(*np.nonzero(~present)):
+            ax.text(j + 0.5, i + 0.5, "-", ha="center", va="center", color="0.3")
         ax.set_xticklabels([f"{p:.2f}" for p in ps])
         ax.set(xlabel="p (superposition probability)", ylabel="K (classes superposed)",
                title=block)
@@ -93,11 +98,11 @@ def _annot(c: pd.Series) -> str:
 
 # ---- σ and DM-layer curves -------------------------------------------------------------------
 def _errorbars(ax, c: pd.DataFrame, x: str, label: str, color) -> None:
-    c = c[c["mean"].notna()].sort_values(x)
-    if c.empty:
-        return
-    ax.errorbar(c[x], c["mean"], yerr=c["std"].fillna(0), marker="o", capsize=3, label=label,
-                color=color)
+    c = c.sort_values(x)
+    ours = c[c["mean"].notna()]
+    if not ours.empty:
+        ax.errorbar(ours[x], ours["mean"], yerr=ours["std"].fillna(0), marker="o", capsize=3,
+                    label=label, color=color)
     paper = c[c["paper"].notna()]
     if not paper.empty:
         ax.plot(paper[x], paper["paper"], "x--", color="0.5", lw=0.8, label="paper")
@@ -145,8 +150,9 @@ def dm_curves(table: PaperTable) -> Figure:
 
 
 # ---- training curves -------------------------------------------------------------------------
-def _cell_labels(curves: pd.DataFrame) -> pd.Series:
-    """Name each trial by what varies across the table: setting plus K, p, σ, DM, method..."""
+def _cell_labels(curves: pd.DataFrame) -> tuple[pd.Series, list[str]]:
+    """Name each trial by what varies across the table (setting, K, p, σ, DM, ...); the names
+    in the order of those values."""
     varying = [f for f in _COMPARED_FIELDS if curves[f].astype(str).nunique() > 1]
     varying = [f for f in varying if f not in ("eval_data", "teacher", "w_bits", "a_bits")]
     many_settings = curves["setting"].nunique() > 1
@@ -157,7 +163,10 @@ def _cell_labels(curves: pd.DataFrame) -> pd.Series:
                   and not isinstance(r[f], bool) else f"{_SYMBOLS.get(f, f)}={r[f]}"
                   for f in varying]
         labels.append(", ".join(parts) or r["setting"])
-    return pd.Series(labels, index=curves.index)
+    labels = pd.Series(labels, index=curves.index)
+    keys = ["setting", *varying]
+    order = curves.assign(_label=labels).sort_values(keys).drop_duplicates("_label")["_label"]
+    return labels, order.tolist()
 
 
 def training_curves(curves: pd.DataFrame, table: str) -> Figure:
@@ -166,10 +175,10 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
     if c.empty:
         raise AnalysisError(f"no curves for {table}: the sweep writes curves-*.parquet as "
                             "trials report; check --results")
-    c = c.assign(cell=_cell_labels(c))
+    labels, order = _cell_labels(c)
+    c = c.assign(cell=labels)
     panels = ["top1"] + [m for m in LOSSES if c[m].notna().any()]
     fig, axes = _grid(len(panels), 3, (3.6, 2.7))
-    order = sorted(c["cell"].unique())
     palette = sns.color_palette("husl" if len(order) > 10 else "deep", len(order))
     for ax, metric in zip(axes, panels):
         d = c[c[metric].notna()]
@@ -177,6 +186,7 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
                      estimator=None, ax=ax, palette=palette, lw=1, legend=metric == "top1",
                      marker="o" if d["epoch"].nunique() < 12 else None, markersize=3)
         ax.set(title=metric, xlabel="epoch", ylabel="%" if metric == "top1" else "loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if axes and axes[0].get_legend():
         handles, labels = axes[0].get_legend_handles_labels()
         axes[0].get_legend().remove()

@@ -56,9 +56,13 @@ def _blank_repeats(df: pd.DataFrame, levels: int) -> pd.DataFrame:
 def to_markdown(table: PaperTable) -> str:
     body = _with_bold(table, "**", "**")
     levels = body.index.nlevels
+    axis = table.frame.columns.name
+    if axis and axis != "method":  # e.g. Table 9's columns are values of p
+        body.columns = [f"{axis}={c}" for c in body.columns]
     body = _blank_repeats(body.reset_index(), levels)
     body.columns = [str(c) for c in body.columns]
-    lines = [f"**{table.title}**", "", body.to_markdown(index=False)]
+    # disable_numparse: keep the text as written ("+1.11" must not become "1.11")
+    lines = [f"**{table.title}**", "", body.to_markdown(index=False, disable_numparse=True)]
     if table.notes:
         lines += ["", *[f"- {n}" for n in table.notes]]
     return "\n".join(lines) + "\n"
@@ -88,10 +92,13 @@ def to_latex(table: PaperTable) -> str:
                           multirow_align="naive", environment="table",
                           column_format="l" * table.frame.index.nlevels
                           + "r" * table.frame.shape[1])
-    tex = latex_unicode(tex)
+    # Smaller type and padding inside the float only, so wide tables fit a page more often.
+    tex = latex_unicode(tex).replace("\\centering\n", "\\centering\n\\small\n"
+                                     "\\setlength{\\tabcolsep}{4pt}\n", 1)
     if table.notes:
         notes = "\n".join(rf"\par {latex_escape(n)}" for n in table.notes)
-        tex = tex.replace(r"\end{table}", "{\\footnotesize\n" + notes + "\n}\n\\end{table}")
+        tex = tex.replace(r"\end{table}",
+                          "{\\footnotesize\\raggedright\n" + notes + "\\par}\n\\end{table}")
     return tex
 
 

@@ -167,12 +167,37 @@ def _layout(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
     return out[0], out[1].astype(bool)
 
 
-def _label(c: pd.Series, index: list[str], rename: dict[str, str]) -> str:
-    parts = []
-    for key in index:
-        v = c[key]
-        parts.append(str(v) if isinstance(v, str) else f"{rename.get(key, key)}={v:g}")
-    return ", ".join(parts + [f"{rename.get('column', '')}={c['column']}".lstrip("=")])
+def _label(c: pd.Series, index: list[str], rename: dict[str, str], column: bool = True) -> str:
+    """'CIFAR-100 ResNet-20 4w4a, K=10, p=0.40' or 'CIFAR-10 ResNet-20 5w5a, GDFQ'."""
+    words = [str(c[k]) for k in index if isinstance(c[k], str)]
+    parts = [" ".join(words)] if words else []
+    parts += [f"{rename.get(k, k)}={c[k]:g}" for k in index if not isinstance(c[k], str)]
+    if column:
+        parts.append(_column_label(c["column"], rename))
+    return ", ".join(parts)
+
+
+def _column_label(value: str, rename: dict[str, str]) -> str:
+    name = rename.get("column", "")
+    return f"{name}={value}" if name and name != "method" else value
+
+
+def _not_run_notes(cells: pd.DataFrame, index: list[str], rename: dict[str, str]) -> list[str]:
+    """One line per table row: 'K=25: not run' or 'K=2: not run at p=0.25, 0.55'."""
+    notes = []
+    for _, row in cells.groupby(index, sort=False):
+        missing = row[(row["status"] == "not run") & (row["kind"] == "ours")]
+        if missing.empty:
+            continue
+        label = _label(missing.iloc[0], index, rename, column=False)
+        if len(missing) == (row["kind"] == "ours").sum():
+            notes.append(f"{label}: not run")
+        elif rename.get("column", "") in ("", "method"):
+            notes.append(f"{label}: {', '.join(missing['column'])} not run")
+        else:
+            cols = ", ".join(missing["column"])
+            notes.append(f"{label}: not run at {_column_label(cols, rename)}")
+    return notes
 
 
 def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: dict[str, str],
@@ -183,13 +208,16 @@ def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: 
     if (cells["kind"] == "paper").any():
         notes.append("(paper): a baseline we do not run; the value is the paper's.")
     gaps = ~cells["status"].isin(["ok", "paper"]) & cells["kind"].isin(["ours", "paper"])
+    gaps &= ~((cells["status"] == "not run") & (cells["kind"] == "ours"))
     for _, c in cells[gaps].iterrows():
         notes.append(f"{_label(c, index, rename)}: {c['reason']}")
+    notes.extend(_not_run_notes(cells, index, rename))
     for _, c in cells[(cells["status"] == "ok") & (cells["reason"] != "")].iterrows():
         notes.append(f"{_label(c, index, rename)}: also {c['reason']}")
     for _, c in cells[cells["mixed"] != ""].iterrows():
         notes.append(f"{_label(c, index, rename)}: seeds differ in {c['mixed']} (pooled anyway)")
-    notes.extend(f"{u}: not run" for u in unrun)
+    if unrun:
+        notes.append(f"Paper rows not run here: {'; '.join(unrun)}")
     return notes
 
 

@@ -172,8 +172,9 @@ def test_table9_cells(res):
     notes = "\n".join(t.notes)
     assert f"{B}, K=10, p=0.55: error (seed 0): CUDA out of memory; diverged (seed 1)" in notes
     assert f"{B}, K=10, p=0.10: n=2 of 3; error (seed 2): CUDA out of memory" in notes
-    assert f"{B}, K=25, p=0.70: not run" in notes
-    assert "ImageNet ResNet-50 4w4a: not run" in notes
+    assert f"{B}, K=25: not run" in notes
+    assert f"{B}, K=2: not run at p=0.25, 0.55, 0.70, 0.85" in notes
+    assert "Paper rows not run here: ImageNet ResNet-50 4w4a" in notes
     c = t.cells.set_index(["mix_classes", "mix_prob"])
     assert c.loc[(2, 0.4), ["mean", "std", "n"]].tolist() == [66.0, 1.0, 3]
     assert c.loc[(2, 0.4), "gpu_hours"] == 3.0 and c.loc[(2, 0.4), "wall_hours"] == 1.5
@@ -189,7 +190,7 @@ def test_table8_cells(res):
     assert cell(t, 1, "CIFAR-100") == ("65.50 ± 0.71", True)
     assert cell(t, 8, "CIFAR-100") == ("-", False)
     assert "DM layers=0, CIFAR-100: n=1 of 2; error (seed 1): killed" in t.notes
-    assert "DM layers=8, CIFAR-10: not run" in t.notes
+    assert "DM layers=8: not run" in t.notes
     t3 = tables.table8(res, seeds=3)
     assert cell(t3, 1, "CIFAR-10") == ("92.00 ± 0.00 (n=2)", True)
 
@@ -215,8 +216,10 @@ def test_main_table_cells_with_paper_baselines(res):
     assert cell(t, r5, "GDFQ") == ("-", False)
     assert cell(t, r5, "ZAQ") == ("93.36 (paper)", True)
     notes = "\n".join(t.notes)
-    assert "CIFAR-10, ResNet-20, 5w5a, method=GDFQ: diverged (seeds 0, 1)" in notes
-    assert "CIFAR-10, ResNet-20, 5w5a, method=Qimera: not run" in notes
+    assert "CIFAR-10 ResNet-20 5w5a, GDFQ: diverged (seeds 0, 1)" in notes
+    assert "CIFAR-10 ResNet-20 5w5a: Qimera not run" in notes
+    assert "Paper rows not run here: CIFAR-100 ResNet-20 4w4a; CIFAR-100 ResNet-20 5w5a; " \
+        "ImageNet ResNet-18 4w4a" in notes
 
 
 def test_table7_and_table10_cells(res):
