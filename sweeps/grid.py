@@ -1,0 +1,180 @@
+"""Sweep grids as data: a table's blocks, their expansion into validated TrainConfigs, the
+`--smoke-test` shrink and the `--only` row filter. No Ray here, so grids are checked in a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qimera_core.config import FIELD_NAMES, FIELDS, PRESETS, RUN_ONLY_FIELDS, TrainConfig
+
+log = logging.getLogger(__name__)
+
+SMOKE_PRESET = "digits-smoke"
+# What a trial's method is. --smoke-test keeps these from the table (and every swept axis) and
+# replaces the rest (teacher, data, bits, schedule) with the offline SMOKE_PRESET.
+METHOD_FIELDS = frozenset({
+    "method", "mix_prob", "mix_classes", "mix_mode", "dm_layers", "dm_width", "dm_activation",
+    "noise_sigma", "emb_init", "freeze_embeddings", "latent_input", "cbn_mix",
+})
+# Fields holding local paths: made absolute before launch, since trials run in another cwd.
+_PATH_FIELDS = ("cache_dir", "teacher_weights")
+_PATH_PREFIXES = ("npz:", "imagenet:")          # eval_data forms that carry a path
+
+
+class GridError(ValueError):
+    """A sweep that cannot run as written; the message names the key, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One group of rows of a paper table: a base setting and the axes swept over it.
+
+    `row` names the block for `--only` (a substring match), e.g. "cifar100-resnet20-4w4a".
+    """
+
+    row: str
+    base: TrainConfig | Mapping[str, Any]
+    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def base_dict(self) -> dict[str, Any]:
+        if isinstance(self.base, TrainConfig):
+            return self.base.to_dict()
+        return dict(self.base)
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(FIELD_NAMES), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_axes(grid: Mapping[str, Sequence[Any]]) -> None:
+    for key, values in grid.items():
+        if key == "seed":
+            raise GridError("grid key 'seed': seeds are their own axis; use --seeds N instead")
+        if key not in FIELD_NAMES:
+            raise GridError(f"grid key {key!r} is not a TrainConfig field{_suggest(key)} "
+                            f"(allowed: {', '.join(sorted(FIELD_NAMES))})")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise GridError(f"grid key {key!r} must map to a non-empty list of values, "
+                            f"got {values!r}")
+
+
+def _build(d: Mapping[str, Any], what: str) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(d)
+    except ValueError as err:
+        raise GridError(f"{what}: {err}") from None
+
+
+def expand(base: TrainConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]],
+           seeds: int | Sequence[int] = 1) -> list[TrainConfig]:
+    """Every trial of `base` x `grid` x seeds, each a validated TrainConfig.
+
+    Seeds are the outermost loop, so a sweep that is cut short still covers every cell once.
+    A bad value raises GridError naming the grid key, the value and what is allowed.
+    """
+    base_d = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
+    _check_axes(grid)
+    _build(base_d, "base config")
+    for key, values in grid.items():               # name the culprit before trying products
+        for value in values:
+            _build({**base_d, key: value}, f"grid key {key!r} value {value!r}")
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise GridError("--seeds must be >= 1")
+    keys = list(grid)
+    trials = []
+    for seed in seed_list:
+        for values in itertools.product(*(grid[k] for k in keys)):
+            combo = dict(zip(keys, values, strict=True))
+            trials.append(_build({**base_d, **combo, "seed": seed},
+                                 f"grid values {combo} do not go together"))
+    return trials
+
+
+def check_unique(trials: Iterable[tuple[str, TrainConfig]]) -> None:
+    """Fail on two (row, config) pairs with one config hash: the same work twice."""
+    seen: dict[str, str] = {}
+    for row, cfg in trials:
+        if cfg.config_hash in seen:
+            raise GridError(f"rows {seen[cfg.config_hash]} and {row} both hold the trial with "
+                            f"config hash {cfg.config_hash} (seed {cfg.seed}); remove the "
+                            "repeated value or block")
+        seen[cfg.config_hash] = row
+
+
+def select(blocks: Sequence[Block], only: Sequence[str]) -> list[Block]:
+    """The blocks whose row name contains any of `only` (all blocks when `only` is empty)."""
+    if not only:
+        return list(blocks)
+    picked = [b for b in blocks if any(o in b.row for o in only)]
+    if not picked:
+        raise GridError(f"--only {','.join(only)} matches no row; rows are: "
+                        f"{', '.join(b.row for b in blocks)}")
+    return picked
+
+
+def smoke(block: Block) -> Block:
+    """The same block on the offline digits setting: method fields and swept axes stay,
+    teacher, data, bits and schedule come from the SMOKE_PRESET (others back to defaults)."""
+    keep = METHOD_FIELDS | set(block.grid) | set(RUN_ONLY_FIELDS)
+    base = block.base_dict()
+    setting = {k: f.default for k, f in FIELDS.items() if k not in keep}
+    setting.update({k: v for k, v in PRESETS[SMOKE_PRESET].items() if k not in keep})
+    return dataclasses.replace(block, base={**base, **setting})
+
+
+def override(block: Block, overrides: Mapping[str, Any]) -> Block:
+    """Apply CLI overrides to a block. Overriding a swept key narrows that axis to one value."""
+    grid = {k: ([overrides[k]] if k in overrides else list(v)) for k, v in block.grid.items()}
+    base = {**block.base_dict(), **{k: v for k, v in overrides.items() if k not in grid}}
+    return dataclasses.replace(block, base=base, grid=grid)
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Relative paths in a config, resolved against this process's cwd."""
+    changes: dict[str, Any] = {}
+    for name in _PATH_FIELDS:
+        value = getattr(cfg, name)
+        if value and value != "random" and not Path(value).expanduser().is_absolute():
+            changes[name] = str(Path(value).expanduser().resolve())
+    for prefix in _PATH_PREFIXES:
+        path = cfg.eval_data[len(prefix):]
+        if cfg.eval_data.startswith(prefix) and path and not Path(path).expanduser().is_absolute():
+            changes["eval_data"] = prefix + str(Path(path).expanduser().resolve())
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def plan(blocks: Sequence[Block], *, seeds: int, only: Sequence[str] = (),
+         smoke_test: bool = False, overrides: Mapping[str, Any] | None = None
+         ) -> list[TrainConfig]:
+    """All trials of a table as validated, unique TrainConfigs, in launch order (seed-major)."""
+    chosen = select(blocks, only)
+    if smoke_test:
+        chosen = [smoke(chosen[0])]
+    chosen = [override(b, overrides or {}) for b in chosen]
+    if seeds < 1:
+        raise GridError(f"--seeds must be >= 1, got {seeds}")
+    trials: list[tuple[str, TrainConfig]] = []
+    for seed in range(seeds):
+        for block in chosen:
+            try:
+                trials += [(block.row, absolute_paths(c))
+                           for c in expand(block.base, block.grid, [seed])]
+            except GridError as err:
+                raise GridError(f"row {block.row}: {err}") from None
+    check_unique(trials)
+    return [cfg for _, cfg in trials]
+
+
+def swept_axes(blocks: Sequence[Block]) -> list[str]:
+    """The keys any block sweeps, in first-seen order (for progress tables and trial names)."""
+    return list(dict.fromkeys(k for b in blocks for k in b.grid))

@@ -1,0 +1,428 @@
+"""Run a table's trials on Ray Tune: validate, skip finished work, prepare data, launch, write
+Parquet rows as trials end, resume. The only module of the project that imports Ray.
+
+    python -m sweeps.table9 --smoke-test --storage /tmp/s --results /tmp/r
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import ray
+from ray import tune
+
+from qimera_core import results
+from qimera_core.config import TrainConfig, add_config_flags, overrides_from_args
+from sweeps import grid, rows
+from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
+
+log = logging.getLogger(__name__)
+
+# GPU share per trial when --gpus-per-trial is not given and the cluster has GPUs: a CIFAR- or
+# digits-size trial leaves most of a modern GPU idle, so four share one; ImageNet takes one.
+SMALL_TRIAL_GPUS = 0.25
+IMAGENET_TRIAL_GPUS = 1.0
+PROGRESS_METRICS = ("epoch", "top1", "best_top1", "loss_s", "step_time_s")
+
+
+# ---- inside a trial (runs in a Ray worker) ---------------------------------------------------
+class TuneReporter:
+    """The Reporter that train() calls inside a trial: each epoch's metrics and checkpoint go to
+    Tune, which copies the checkpoint to storage. Optionally kills its own process once after
+    epoch `fail_once_at_epoch`, to exercise recovery from checkpoints (testing only)."""
+
+    def __init__(self, device_name: str, fail_once_at_epoch: int = 0,
+                 marker: Path | None = None) -> None:
+        self.device_name = device_name
+        self.fail_once_at_epoch = fail_once_at_epoch
+        self.marker = marker
+
+    def __call__(self, metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report({**metrics, "device_name": self.device_name}, checkpoint=checkpoint)
+        if self.fail_once_at_epoch and metrics.get("epoch") == self.fail_once_at_epoch:
+            if self.marker is not None and not self.marker.exists():
+                self.marker.touch()
+                log.warning("--fail-once-at-epoch %d: killing this trial's process",
+                            self.fail_once_at_epoch)
+                os.kill(os.getpid(), signal.SIGKILL)   # a crash, not an exception Tune could catch
+
+
+def _claim_device(cfg: TrainConfig, gpus: float) -> str:
+    import torch
+    if cfg.device.startswith("cuda"):
+        # Ray shares a GPU between fractional trials but does not fence their memory.
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpus))
+        return torch.cuda.get_device_name()
+    return "cpu"
+
+
+def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) -> None:
+    """Tune's function trainable: one TrainConfig through the core train(), resumable.
+
+    `finished`: config hashes with a finished row in --results. A restored trial among them
+    (its driver was killed after it ended, before Tune's experiment state said so) ends at once.
+    """
+    from qimera_core.train import train  # torch loads in trials, not before the grid is checked
+    cfg = TrainConfig.from_dict(params["config"])
+    if cfg.config_hash in finished:
+        return
+    run = params["run"]
+    reporter = TuneReporter(_claim_device(cfg, run["gpus"][cfg.teacher]),
+                            run.get("fail_once_at_epoch", 0),
+                            Path(tune.get_context().get_trial_dir()) / ".failed-once")
+    resume = tune.get_checkpoint()
+    # train()'s own checkpoint folder is scratch: Tune copies each reported one to storage.
+    with (tempfile.TemporaryDirectory(prefix="qimera-trial-") as out_dir,
+          resume.as_directory() if resume else contextlib.nullcontext() as resume_dir):
+        train(cfg, Path(out_dir), report=reporter,
+              resume_from=Path(resume_dir) if resume_dir else None)
+
+
+def trial_resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
+    run = params["run"]
+    return tune.PlacementGroupFactory(
+        [{"CPU": run["cpus"], "GPU": run["gpus"][params["config"]["teacher"]]}])
+
+
+def trainable(finished: frozenset[str] = frozenset()) -> Any:
+    return tune.with_parameters(tune.with_resources(run_trial, trial_resources),
+                                finished=finished)
+
+
+# ---- in the driver ---------------------------------------------------------------------------
+class ResultsWriter(tune.Callback):
+    """Appends a trials row (and the trial's curves) to `--results` as each trial ends.
+
+    Curves are buffered per running trial and saved with Tune's experiment state, so a driver
+    that is killed and resumed loses none; an epoch replayed after a restore is kept once.
+    """
+
+    def __init__(self, table: str, results_dir: Path) -> None:
+        self.table = table
+        self.results_dir = results_dir
+        self._curves: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if "epoch" in result:
+            keep = {k: result[k] for k in (*results.METRICS, "device_name", "time_total_s")
+                    if k in result}
+            self._curves.setdefault(trial.trial_id, {})[int(result["epoch"])] = keep
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, error="")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._write(trial, error=_error_text(trial))
+
+    def get_state(self) -> dict[str, Any] | None:
+        return {"curves": self._curves}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._curves = state.get("curves", {})
+
+    def _write(self, trial: Any, error: str) -> None:
+        curves = self._curves.pop(trial.trial_id, {})
+        cfg_hash = TrainConfig.from_dict(trial.config["config"]).config_hash
+        if rows.is_recorded(self.results_dir, trial.trial_id, cfg_hash):
+            return                                   # written before a driver restart
+        write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
+                    trial.last_result or {}, error, curves.values())
+
+
+def _error_text(trial: Any) -> str:
+    err = trial.get_error() if hasattr(trial, "get_error") else None
+    text = str(err) if err else "trial failed (no error recorded)"
+    return text[-4000:]                               # the end of a traceback says the most
+
+
+def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[str, Any],
+                metrics: Mapping[str, Any], error: str, curves: Any = ()) -> None:
+    cfg = TrainConfig.from_dict(params["config"])
+    gpus = params["run"]["gpus"][cfg.teacher]
+    row = rows.trial_row(table, trial_id, cfg, metrics, error=error, gpus=gpus)
+    results.write([row], results_dir, rows.TRIALS)
+    results.write(rows.curve_rows(table, trial_id, cfg, curves, status=row["status"],
+                                       gpus=gpus), results_dir, rows.CURVES)
+    log.info("%s %s: %s top1=%.2f (best-epoch %.2f)", table, trial_id, row["status"],
+             row["top1"], row["best_top1"])
+
+
+class TrialDirName:
+    """Trial folder names that say what the trial is: `<trial_id>_mix_prob=0.4_seed=0`."""
+
+    def __init__(self, axes: Sequence[str]) -> None:
+        self.axes = [*axes, "seed"]
+
+    def __call__(self, trial: Any) -> str:
+        cfg = trial.config["config"]
+        tags = "_".join(f"{a}={cfg[a]}" for a in self.axes if a in cfg)
+        safe = "".join(c if c.isalnum() or c in "._=-" else "-" for c in tags)
+        return f"{trial.trial_id}_{safe}"[:120]
+
+
+# ---- command line ----------------------------------------------------------------------------
+def build_parser(table: str, doc: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a table script: what to run, then the flags every sweep shares."""
+    p = argparse.ArgumentParser(prog=f"python -m sweeps.{table}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--smoke-test", action="store_true",
+                   help="the first block's axes, one seed, on the offline digits-smoke setting: "
+                        "the whole pipeline in minutes on a laptop")
+    g.add_argument("--seeds", type=int, default=None,
+                   help="seeds per cell (default 3; 1 with --smoke-test)")
+    g.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   metavar="ROW[,ROW]", help="rows to run, by substring (e.g. cifar100)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="validate, list the trials still to run, and stop before Ray")
+    add_run_flags(p)
+    add_config_flags(p.add_argument_group(
+        "trial settings (override every block; overriding a swept key narrows that axis)"))
+    return p
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the table scripts and `sweeps.search`: storage, Ray, resources."""
+    g = p.add_argument_group("where results go")
+    g.add_argument("--storage", default="runs/sweeps",
+                   help="Tune storage: a path (made absolute) or URI (s3://..., file://...) for "
+                        "checkpoints, logs and TensorBoard events (default: runs/sweeps)")
+    g.add_argument("--results", type=Path, default=Path("results"),
+                   help="directory on the driver for trials-*.parquet and curves-*.parquet "
+                        "(default: results)")
+    g.add_argument("--name", default=None,
+                   help="experiment name under --storage (default: <table>[-smoke]-<time>)")
+    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME",
+                   help="continue an interrupted experiment (default: this table's latest) "
+                        "from its checkpoints; finished trials are not rerun")
+    g = p.add_argument_group("Ray and resources")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. auto); default: start a local Ray")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    g.add_argument("--cpus-per-trial", type=int, default=1,
+                   help="CPUs per trial, and the trainer's thread count (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=None,
+                   help=f"GPUs per trial (default when the cluster has GPUs: {SMALL_TRIAL_GPUS} "
+                        f"for CIFAR/digits, {IMAGENET_TRIAL_GPUS:g} for ImageNet; else 0)")
+    g.add_argument("--max-concurrent", type=int, default=0,
+                   help="at most this many trials at once (default 0: as resources allow)")
+    g.add_argument("--max-failures", type=int, default=3,
+                   help="restarts of a crashed trial from its last checkpoint (default 3)")
+    g.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="checkpoints kept per trial in storage (default 2)")
+    g.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                   help="a fresh worker process for every trial (default: reuse them)")
+    g.add_argument("--dashboard", action="store_true",
+                   help="with a local Ray, start its dashboard on 127.0.0.1:8265 (local only)")
+    g.add_argument("--fail-once-at-epoch", type=int, default=0, metavar="N",
+                   help="testing: each trial kills its own process once after epoch N, and "
+                        "must recover from its checkpoint")
+
+
+def storage_path(storage: str) -> str:
+    """A URI as given; a local path made absolute (trials and Tune run in other directories)."""
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> None:
+    for key, instead in (("seed", "--seeds N"), ("device", "--gpus-per-trial"),
+                         ("num_threads", "--cpus-per-trial")):
+        if key in overrides:
+            raise GridError(f"--{key.replace('_', '-')} is set by the sweep; use {instead}")
+
+
+def plan_trials(blocks: Sequence[Block], args: argparse.Namespace) -> list[TrainConfig]:
+    overrides = overrides_from_args(args)
+    check_overrides(overrides)
+    seeds = args.seeds if args.seeds is not None else (1 if args.smoke_test else 3)
+    return grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
+                     overrides=overrides)
+
+
+def skip_finished(table: str, configs: list[TrainConfig], results_dir: Path
+                  ) -> list[TrainConfig]:
+    """Drop trials whose config hash already has a finished row; adopt rows of other tables."""
+    done = rows.finished_rows(results_dir)
+    reused = done[done["config_hash"].isin({c.config_hash for c in configs})]
+    if not reused.empty:
+        adopted = rows.adopt(results_dir, table, reused)
+        log.info("%d of %d trials reused from %s (%d of them copied from other tables' rows)",
+                 len(reused), len(configs), results_dir, adopted)
+    done_hashes = set(reused["config_hash"])
+    return [c for c in configs if c.config_hash not in done_hashes]
+
+
+def prepare_all(configs: Sequence[TrainConfig]) -> None:
+    """Teacher weights and eval data into the cache, once per distinct need, before launch:
+    trials never download."""
+    from qimera_core import prepare
+    needs = {(c.teacher, c.teacher_weights, c.eval_data, c.cache_dir): c for c in configs}
+    for cfg in needs.values():
+        prepare.prepare(cfg)
+
+
+# ---- Ray ---------------------------------------------------------------------------------------
+def start_ray(args: argparse.Namespace) -> None:
+    """Join --address, or start a local Ray (unless this process runs one already, as in tests)."""
+    if ray.is_initialized():
+        return
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=args.dashboard,
+                 dashboard_host="127.0.0.1")
+
+
+def gpus_by_teacher(configs: Sequence[TrainConfig], gpus_per_trial: float | None
+                    ) -> dict[str, float]:
+    """GPUs a trial asks for, by teacher: the flag, else a default if the cluster has GPUs."""
+    have_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    out = {}
+    for cfg in configs:
+        if gpus_per_trial is not None:
+            out[cfg.teacher] = gpus_per_trial
+        elif not have_gpus:
+            out[cfg.teacher] = 0.0
+        else:
+            big = cfg.eval_data.startswith("imagenet")
+            out[cfg.teacher] = IMAGENET_TRIAL_GPUS if big else SMALL_TRIAL_GPUS
+    return out
+
+
+def place(cfg: TrainConfig, gpus: Mapping[str, float], cpus: int) -> TrainConfig:
+    """Where a trial runs: run-only fields, so the config hash does not change."""
+    return dataclasses.replace(cfg, device="cuda" if gpus[cfg.teacher] > 0 else "cpu",
+                               num_threads=cpus)
+
+
+def _quiet_tune(args: argparse.Namespace) -> None:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the classic table shows our columns
+    if getattr(args, "smoke_test", False):              # seconds-long epochs snapshot often
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def launch(table: str, name: str, space: dict[str, Any], axes: Sequence[str],
+           args: argparse.Namespace, results_dir: Path, **tune_config: Any) -> int:
+    """Run `space` (a {"config": ..., "run": ...} param space) as experiment `name`."""
+    _quiet_tune(args)
+    print(f"{table}: experiment {args.storage}/{name}; if interrupted, continue it with "
+          f"--resume {name}")
+    reporter = tune.CLIReporter(parameter_columns={f"config/{a}": a for a in (*axes, "seed")},
+                                metric_columns=list(PROGRESS_METRICS),
+                                max_report_frequency=10 if args.smoke_test else 60)
+    run_config = tune.RunConfig(
+        name=name, storage_path=args.storage,
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=args.keep_checkpoints),
+        callbacks=[ResultsWriter(table, results_dir)], progress_reporter=reporter,
+        verbose=1)                                     # the status table; 2+ print every result
+    tuner = tune.Tuner(trainable(), param_space=space, run_config=run_config,
+                       tune_config=tune.TuneConfig(
+                           max_concurrent_trials=args.max_concurrent or None,
+                           reuse_actors=args.reuse_actors,
+                           trial_dirname_creator=TrialDirName(axes), **tune_config))
+    return finish(table, tuner.fit(), results_dir)
+
+
+def finish(table: str, result_grid: Any, results_dir: Path) -> int:
+    """Write rows the callback could not (a driver killed in between), then summarise."""
+    counts: dict[str, int] = {}
+    for res in result_grid:
+        trial_id = res.metrics.get("trial_id") or _trial_id_from_path(res.path)
+        error = str(res.error)[-4000:] if res.error else ""
+        cfg_hash = TrainConfig.from_dict(res.config["config"]).config_hash
+        if not rows.is_recorded(results_dir, trial_id, cfg_hash):
+            write_trial(table, results_dir, trial_id, res.config, res.metrics, error)
+        status = rows.status_of(res.metrics, error)
+        counts[status] = counts.get(status, 0) + 1
+    print(f"{table}: {sum(counts.values())} trials in the experiment: "
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; rows in {results_dir}")
+    return 1 if counts.get("error") else 0
+
+
+def _trial_id_from_path(path: str) -> str:
+    """TrialDirName puts the trial id (`<5 hex>_<index>`) first."""
+    return "_".join(Path(path).name.split("_")[:2])
+
+
+def experiment_name(args: argparse.Namespace, prefix: str) -> str:
+    return args.name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_experiment(storage: str, prefix: str) -> str:
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                   and i.base_name.startswith(prefix + "-"))
+    if not names:
+        raise GridError(f"--resume: no experiment {prefix}-* under {storage}; pass --resume "
+                        "NAME, or the --storage of the run to continue")
+    return names[-1]
+
+
+def resume(table: str, prefix: str, args: argparse.Namespace, results_dir: Path) -> int:
+    """Tuner.restore the experiment: finished trials stay done, others continue from their
+    last checkpoint, errored ones are retried. Rows go to the original run's --results."""
+    name = latest_experiment(args.storage, prefix) if args.resume == "latest" else args.resume
+    path = f"{args.storage.rstrip('/')}/{name}"
+    if not tune.Tuner.can_restore(path):
+        raise GridError(f"--resume: {path} holds no Tune experiment to restore")
+    print(f"{table}: resuming {path}")
+    start_ray(args)
+    _quiet_tune(args)
+    _, finished = rows.recorded(results_dir)
+    tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
+                               resume_errored=True)
+    return finish(table, tuner.fit(), results_dir)
+
+
+def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
+         doc: str | None = None) -> int:
+    """The CLI of every table script, `main("table9", BLOCKS)`; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    parser = build_parser(table, doc)
+    args = parser.parse_args(argv)
+    prefix = f"{table}-smoke" if args.smoke_test else table
+    try:
+        configs = plan_trials(blocks, args)            # every trial validated; no Ray yet
+        args.storage = storage_path(args.storage)
+        results_dir = args.results.expanduser().resolve()
+        if args.resume:
+            return resume(table, prefix, args, results_dir)
+        todo = skip_finished(table, configs, results_dir)
+    except GridError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"{table}: {len(configs)} trials, {len(configs) - len(todo)} reused, "
+          f"{len(todo)} to run")
+    axes = grid.swept_axes(blocks)
+    if args.dry_run or not todo:
+        for cfg in todo if args.dry_run else []:
+            print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
+                  + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
+        return 0
+    prepare_all(todo)
+    start_ray(args)
+    gpus = gpus_by_teacher(todo, args.gpus_per_trial)
+    space = {"config": tune.grid_search([place(c, gpus, args.cpus_per_trial).to_dict()
+                                         for c in todo]),
+             "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
+                     "fail_once_at_epoch": args.fail_once_at_epoch}}
+    return launch(table, experiment_name(args, prefix), space, axes, args, results_dir)

@@ -1,0 +1,21 @@
+"""Main results: top-1 accuracy (%) of GDFQ and Qimera for every dataset, model and bit width
+of the paper (CIFAR-10 and CIFAR-100 with ResNet-20, ImageNet with ResNet-18, ResNet-50 and
+MobileNetV2; 4w4a and 5w5a), each from its preset (p and K of the official run scripts).
+(ZeroQ and ZAQ are the paper's numbers; they are not run here.)
+
+    python -m sweeps.main [--smoke-test] [--only cifar] [--seeds 3]
+"""
+
+from qimera_core.config import METHODS, PRESETS, build
+from sweeps.grid import Block
+
+ROWS = [name for name in PRESETS if not name.startswith("digits")]
+
+BLOCKS = [Block(f"{preset}/{method}", build(preset, method=method))
+          for preset in ROWS for method in METHODS]
+
+if __name__ == "__main__":
+    import sys
+
+    from sweeps.launch import main as run
+    sys.exit(run("main", BLOCKS, doc=__doc__))

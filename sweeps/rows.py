@@ -1,0 +1,114 @@
+"""Trial and curve rows from what a sweep's trials reported, and the look-ups in `--results`
+that let a sweep skip finished work. Plain pandas; the Tune callback in `launch` calls these.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from qimera_core import results
+from qimera_core.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Statuses whose trial is done: rerunning it with the same config hash would compute it again.
+# ("diverged" is a result too: the same seed diverges again.) "error" rows are rerun.
+FINISHED = ("ok", "diverged")
+TRIALS, CURVES = "trials", "curves"
+
+
+def status_of(metrics: Mapping[str, Any], error: str) -> str:
+    if error:
+        return "error"
+    diverged = metrics.get("diverged")
+    return "diverged" if diverged is not None and not _isnan(diverged) and diverged else "ok"
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def gpu_seconds(metrics: Mapping[str, Any], gpus: float) -> float:
+    """GPU time the trial held: Tune's wall time across restarts (else train's) x its GPUs."""
+    wall = metrics.get("time_total_s", metrics.get("wall_time_s", 0.0)) or 0.0
+    return float(wall) * gpus
+
+
+def trial_row(table: str, trial_id: str, cfg: TrainConfig, metrics: Mapping[str, Any], *,
+              error: str = "", gpus: float = 0.0) -> dict[str, Any]:
+    """The trials-table row of one finished (or failed) trial, from its last report."""
+    return results.make_row(cfg, metrics, table=table, trial_id=trial_id,
+                            status=status_of(metrics, error), error=error,
+                            device_name=str(metrics.get("device_name", "")),
+                            gpu_seconds=gpu_seconds(metrics, gpus))
+
+
+def curve_rows(table: str, trial_id: str, cfg: TrainConfig, reports: Iterable[Mapping[str, Any]],
+               *, status: str, gpus: float = 0.0) -> list[dict[str, Any]]:
+    """One curves row per epoch report; a repeated epoch (replayed after a restore) keeps
+    the last report."""
+    by_epoch = {int(r["epoch"]): r for r in reports if "epoch" in r}
+    return [results.make_row(cfg, r, table=table, trial_id=trial_id, status=status,
+                             device_name=str(r.get("device_name", "")),
+                             gpu_seconds=gpu_seconds(r, gpus))
+            for _, r in sorted(by_epoch.items())]
+
+
+def read_trials(results_dir: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every trials row in `results_dir`; only `columns` when given (cheap look-ups)."""
+    files = sorted(Path(results_dir).glob(f"{TRIALS}-*.parquet"))
+    if not files:
+        return results.to_frame([])[list(columns) if columns else slice(None)]
+    frames = [pq.read_table(f, columns=list(columns) if columns else None).to_pandas()
+              for f in files]
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_curves(results_dir: Path) -> pd.DataFrame:
+    """Every curves row, one per (table, trial_id, epoch): a restored trial may report an epoch
+    twice, and the later report wins."""
+    df = results.read(Path(results_dir), CURVES)
+    return df.drop_duplicates(["table", "trial_id", "epoch"], keep="last").reset_index(drop=True)
+
+
+def finished_rows(results_dir: Path) -> pd.DataFrame:
+    """Rows of finished trials, one per config hash (the latest)."""
+    df = read_trials(results_dir)
+    df = df[df["status"].isin(FINISHED)]
+    return df.sort_values("finished_at").drop_duplicates("config_hash", keep="last")
+
+
+def recorded(results_dir: Path) -> tuple[set[str], set[str]]:
+    """(trial ids with any row, config hashes with a finished row) in `results_dir`."""
+    df = read_trials(results_dir, columns=["trial_id", "config_hash", "status"])
+    return set(df["trial_id"]), set(df.loc[df["status"].isin(FINISHED), "config_hash"])
+
+
+def is_recorded(results_dir: Path, trial_id: str, config_hash: str) -> bool:
+    """Whether a row for this trial, or a finished row for its config, exists already."""
+    ids, hashes = recorded(results_dir)
+    return trial_id in ids or config_hash in hashes
+
+
+def adopt(results_dir: Path, table: str, reused: pd.DataFrame) -> int:
+    """Copy reused trials that another table ran into this table's rows (same trial_id and
+    config hash), with their curves, so that each table's rows are complete on their own."""
+    foreign = reused[reused["table"] != table]
+    have = read_trials(results_dir, columns=["table", "config_hash"])
+    mine = set(have.loc[have["table"] == table, "config_hash"])
+    foreign = foreign[~foreign["config_hash"].isin(mine)]
+    if foreign.empty:
+        return 0
+    results.write(foreign.assign(table=table).to_dict("records"), results_dir, TRIALS)
+    curves = read_curves(results_dir)
+    source = set(zip(foreign["trial_id"], foreign["table"], strict=True))
+    curves = curves[[k in source for k in zip(curves["trial_id"], curves["table"], strict=True)]]
+    results.write(curves.assign(table=table).to_dict("records"), results_dir, CURVES)
+    return len(foreign)

@@ -1,0 +1,25 @@
+"""Table 8 (supplement): top-1 accuracy (%) of Qimera at 4w4a with 0 (no disentanglement
+mapping), 1, 2, 4 and 8 DM layers; p = 0.4, K = 2 on CIFAR-10 and K = 10 on CIFAR-100
+(ResNet-20).
+
+    python -m sweeps.table8 [--smoke-test] [--only cifar10-] [--seeds 3]
+"""
+
+from qimera_core.config import build
+from sweeps.grid import Block
+
+DM_LAYERS = [0, 1, 2, 4, 8]
+
+BLOCKS = [
+    Block("cifar10-resnet20-4w4a", build("cifar10-resnet20-4w4a", mix_prob=0.4, mix_classes=2),
+          {"dm_layers": DM_LAYERS}),
+    Block("cifar100-resnet20-4w4a",
+          build("cifar100-resnet20-4w4a", mix_prob=0.4, mix_classes=10),
+          {"dm_layers": DM_LAYERS}),
+]
+
+if __name__ == "__main__":
+    import sys
+
+    from sweeps.launch import main
+    sys.exit(main("table8", BLOCKS, doc=__doc__))
