@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,10 @@ def build_generator(cfg: TrainConfig, spec: models.TeacherSpec, teacher: nn.Modu
         latent_input=cfg.latent_input, cbn_mix=cfg.cbn_mix)
 
 
+def _no_mark(_phase: str) -> None:
+    pass
+
+
 def lr_factor(cfg: TrainConfig, epoch: int) -> float:
     """Multi-step schedule: gamma^(number of milestones <= epoch) (method doc §5.2)."""
     return cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)
@@ -115,22 +119,28 @@ class Trial:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                                        enabled=cfg.amp_bf16 and device.type == "cuda")
 
-    def step(self, train_student: bool, calibrate: bool) -> dict[str, Tensor]:
+    def step(self, train_student: bool, calibrate: bool,
+             mark: Callable[[str], None] | None = None) -> dict[str, Tensor]:
+        """One iteration; `mark(phase)` (benchmarks only) is called as each phase ends."""
         cfg, g = self.cfg, self.generator
+        mark = mark or _no_mark
         lat = sample_latents(cfg.batch_size, self.num_classes, g.latent_dim,
                              mix_prob=cfg.mix_prob, mix_classes=cfg.mix_classes,
                              mix_mode=cfg.mix_mode, rng=self.rng, coin=self.coin,
                              device=self.device)
         with self.autocast:
             images = g.generate(lat)
+            mark("generator_fwd")
             if cfg.channels_last and self.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             t_logits, bns = self.teacher_bn(images)
+        mark("teacher_fwd")
         g_ce = soft_cross_entropy(t_logits, lat.targets)
         loss_g = g_ce + cfg.bns_weight * bns
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
+        mark("generator_bwd_step")
         out = {"loss_g": loss_g.detach(), "loss_g_ce": g_ce.detach(), "loss_bns": bns.detach()}
         x = images.detach().float()       # the student must not push gradients into G
         if train_student:
@@ -145,6 +155,7 @@ class Trial:
         elif calibrate:                    # warm-up: the forward only moves activation ranges
             with torch.no_grad():
                 self.student(x)
+        mark("student")
         return out
 
     def state(self, progress: Progress) -> dict[str, Any]:

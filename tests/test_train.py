@@ -1,0 +1,155 @@
+"""The training loop end to end on tiny real components: reporting, resume, divergence, CLI."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qimera_core import checkpoint, models, results
+from qimera_core.config import build
+from qimera_core.train import main, train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TIMING = {"wall_time_s", "step_time_s"}
+
+
+def tiny(**kw):
+    base = dict(teacher="tiny_resnet", teacher_weights="random", eval_data="synthetic",
+                epochs=2, steps_per_epoch=3, batch_size=8, warmup_epochs=1,
+                act_range_epochs=1, lr_student=0.05, lr_milestones=(1,), device="cpu",
+                num_threads=1, mix_prob=0.5, mix_classes=3)
+    if kw.get("method") == "gdfq":
+        del base["mix_prob"]             # the GDFQ switches set p = 0
+    base.update(kw)
+    return build(**base)
+
+
+def collect():
+    seen = []
+    return seen, lambda m, checkpoint_dir=None: seen.append((dict(m), checkpoint_dir))
+
+
+def test_reports_once_per_epoch_with_schema_metrics(tmp_path):
+    seen, report = collect()
+    final = train(tiny(epochs=3), tmp_path, report=report)
+    assert final["status"] == "ok"
+    assert [m["epoch"] for m, _ in seen] == [1, 2, 3]
+    for m, ckpt in seen:
+        assert set(m) == set(results.METRICS)
+        assert ckpt == tmp_path / "checkpoint" and checkpoint.exists(ckpt)
+    first = seen[0][0]
+    assert first["start_top1"] == first["top1"]          # warm-up epoch: student not updated yet
+    assert math.isnan(first["loss_s"]) and not math.isnan(seen[1][0]["loss_s"])
+    assert seen[-1][0]["best_top1"] == max(m["top1"] for m, _ in seen)
+    assert list(tmp_path.iterdir()) == [tmp_path / "checkpoint"]   # writes only its own dir
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_from_epoch_one_matches_uninterrupted_run(tmp_path):
+    cfg = tiny()
+    clean_seen, clean_report = collect()
+    clean = train(cfg, tmp_path / "clean", report=clean_report)
+
+    def die_after_first(m, checkpoint_dir=None):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "killed", report=die_after_first)
+    resumed_seen, resumed_report = collect()
+    resumed = train(cfg, tmp_path / "killed", report=resumed_report,
+                    resume_from=tmp_path / "killed" / "checkpoint")
+    assert [m["epoch"] for m, _ in resumed_seen] == [2]
+    for k in set(clean) - TIMING:
+        assert clean[k] == resumed[k] or (math.isnan(clean[k]) and math.isnan(resumed[k])), k
+    a = checkpoint.load(tmp_path / "clean" / "checkpoint")
+    b = checkpoint.load(tmp_path / "killed" / "checkpoint")
+    for part in ("student", "generator"):
+        for name, t in a[part].items():
+            assert torch.equal(t, b[part][name]), (part, name)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(tiny(epochs=1), tmp_path, report=lambda m, checkpoint_dir=None: None)
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny(epochs=1, mix_prob=0.1), tmp_path, resume_from=tmp_path / "checkpoint")
+
+
+def test_nan_loss_stops_the_run_with_a_clear_status(tmp_path):
+    model = models.create("tiny_resnet")
+    sd = model.state_dict()
+    first_conv = next(k for k in sd if k.endswith("weight") and sd[k].dim() == 4)
+    sd[first_conv][0, 0, 0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    seen, report = collect()
+    final = train(tiny(teacher_weights=str(tmp_path / "nan.pt"), epochs=5), tmp_path / "run",
+                  report=report)
+    assert final["status"] == "diverged" and final["diverged"] == 1
+    assert len(seen) == 1 and seen[0][0]["diverged"] == 1
+
+
+def test_gdfq_and_per_sample_and_multi_dm_variants_train(tmp_path):
+    for i, kw in enumerate([dict(method="gdfq"), dict(mix_mode="sample", dm_layers=3),
+                            dict(method="gdfq", latent_input="multiplicative"),
+                            dict(freeze_embeddings=True, act_range_mode="ema",
+                                 kd_reduction="batchmean")]):
+        final = train(tiny(epochs=1, warmup_epochs=0, **kw), tmp_path / str(i),
+                      report=lambda m, checkpoint_dir=None: None)
+        assert final["status"] == "ok" and math.isfinite(final["loss_s"])
+
+
+def test_import_leaves_ray_out():
+    code = "import sys, qimera_core, qimera_core.train; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_writes_result_json_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--teacher", "tiny_resnet", "--teacher-weights", "random", "--eval-data",
+            "synthetic", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8",
+            "--warmup-epochs", "1", "--act-range-epochs", "1", "--device", "cpu",
+            "--num-threads", "1", "--out", str(out)]
+    assert main(args) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert res["status"] == "ok" and res["metrics"]["epoch"] == 2
+    assert res["config"]["teacher"] == "tiny_resnet"
+    assert "final top-1" in capsys.readouterr().out
+    assert len(results.read(out, "trials")) == 1
+    with pytest.raises(SystemExit):
+        main(args)                       # a checkpoint exists: refuse without --resume
+    assert main(args + ["--resume"]) == 0
+
+
+@pytest.mark.skipif(not (SHARED / "resnet20_cifar10_akamaster.th").exists(),
+                    reason="../shared/data (akamaster checkpoint, CIFAR-10 npz) not present")
+def test_akamaster_teacher_short_4w4a_run(tmp_path):
+    cfg = build("cifar10-resnet20-4w4a", teacher="resnet20_cifar10_a",
+                teacher_weights=str(SHARED / "resnet20_cifar10_akamaster.th"),
+                eval_data=f"npz:{SHARED / 'cifar10-test-first1000.npz'}", epochs=2,
+                steps_per_epoch=2, batch_size=32, warmup_epochs=1, act_range_epochs=1,
+                device="cpu")
+    seen, report = collect()
+    final = train(cfg, tmp_path, report=report)
+    assert final["status"] == "ok" and len(seen) == 2
+    assert final["teacher_top1"] == pytest.approx(91.5)
+    assert 0 <= final["start_top1"] <= 100 and 0 <= final["top1"] <= 100
+
+
+@pytest.mark.integration
+def test_offline_default_preset_recovers_accuracy(tmp_path):
+    """`--preset digits-2w2a` on a fresh cache: trains the digits teacher, then Qimera must
+    lift the 2-bit student clearly above where it started."""
+    out = tmp_path / "run"
+    assert main(["--preset", "digits-2w2a", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "result.json").read_text())["metrics"]
+    assert m["teacher_top1"] > 97
+    assert m["start_top1"] < m["teacher_top1"] - 20          # quantization really hurts
+    assert m["top1"] > m["start_top1"] + 10                  # and training recovers a clear part
