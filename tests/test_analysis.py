@@ -374,3 +374,43 @@ def test_python_dash_m_entry_point(results_dir, tmp_path):
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     assert "table9" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real (one-epoch, two-step) trial of the core trainer on the tiny test teacher."""
+    from qimera_core.train import train
+    cfg = build(teacher="tiny_resnet", eval_data="synthetic", teacher_weights="random", epochs=1,
+                steps_per_epoch=2, batch_size=8, warmup_epochs=0, act_range_epochs=1,
+                device="cpu")
+    out = tmp_path_factory.mktemp("trial")
+    train(cfg, out, report=lambda m, checkpoint_dir=None: None)
+    return out / "checkpoint"
+
+
+def test_figure5_and_figure6_from_a_trained_checkpoint(tiny_checkpoint, tmp_path):
+    from analysis import plots, samples
+    trained = samples.load(tiny_checkpoint)
+    fig5 = samples.figure5(trained, classes=4, per_class=20, pair=(1, 3))
+    ax_a, ax_b = fig5.axes
+    assert len(ax_a.collections) == 8  # real and generated, 4 classes each
+    path = [line for line in ax_b.get_lines() if line.get_label().startswith("λ path")]
+    assert len(path) == 1 and len(path[0].get_xdata()) == 101
+    fig6 = samples.figure6(trained, classes=4, columns=3)
+    assert [im.get_array().shape[:2] for ax in fig6.axes for im in ax.get_images()] == \
+        [(4 * 9 + 1, 3 * 9 + 1), (4 * 9 + 1, 4 * 9 + 1)]  # 8x8 tiles plus 1-pixel gaps
+    paths = plots.save(fig5, tmp_path, "fig5") + plots.save(fig6, tmp_path, "fig6")
+    assert all(p.stat().st_size > 5000 for p in paths)
+    assert "not a paper setting" in fig5.texts[0].get_text()
+    with pytest.raises(AnalysisError, match="pair must be two different classes"):
+        samples.figure5(trained, classes=4, pair=(2, 2))
+
+
+def test_cli_plots_with_checkpoint(results_dir, tiny_checkpoint, tmp_path):
+    out = tmp_path / "figs"
+    assert cli(["plots", "--results", str(results_dir), "--out", str(out), "--table", "8",
+                "--checkpoint", str(tiny_checkpoint), "--classes", "3", "--format", "png"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["fig5_pca.png", "fig6_samples.png", "table8_dm_layers.png"]
+    assert cli(["plots", "--results", str(results_dir), "--out", str(out),
+                "--checkpoint", str(tmp_path / "nope")]) == 2
