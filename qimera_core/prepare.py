@@ -274,4 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's copy of this module (already imported by qimera_core/__init__), so its
+    # loggers are "qimera_core.prepare" rather than "__main__".
+    from qimera_core.prepare import main as package_main
+    sys.exit(package_main())
