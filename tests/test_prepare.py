@@ -1,8 +1,12 @@
 """prepare/ensure_ready: the digits teacher is trained offline, deterministically and well; other
 sources fail with clear errors offline; checks never write; the CLI works."""
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +106,14 @@ def test_cli_prints_what_it_did(digits_cache, capsys):
     assert prepare.main(["--teacher", "resnet20_cifar10_a", "--eval-data", "synthetic",
                          "--cache", str(digits_cache)]) == 1
     assert "--teacher-weights PATH" in capsys.readouterr().err
+
+
+def test_module_entry_point_prints_progress(digits_cache):
+    """`python -m qimera_core.prepare` (a second copy of the module) still prints its log lines."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "qimera_core.prepare", "--preset", "digits-2w2a",
+                           "--cache", str(digits_cache)], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "teacher digits_resnet8: weights present" in proc.stdout
