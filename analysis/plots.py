@@ -150,23 +150,33 @@ def dm_curves(table: PaperTable) -> Figure:
 
 
 # ---- training curves -------------------------------------------------------------------------
-def _cell_labels(curves: pd.DataFrame) -> tuple[pd.Series, list[str]]:
-    """Name each trial by what varies across the table (setting, K, p, σ, DM, ...); the names
-    in the order of those values."""
-    varying = [f for f in _COMPARED_FIELDS if curves[f].astype(str).nunique() > 1]
-    varying = [f for f in varying if f not in ("eval_data", "teacher", "w_bits", "a_bits")]
-    many_settings = curves["setting"].nunique() > 1
-    labels = []
-    for _, r in curves.iterrows():
-        parts = [r["setting"]] if many_settings else []
-        parts += [f"{_SYMBOLS.get(f, f)}={r[f]:g}" if isinstance(r[f], (int, float))
-                  and not isinstance(r[f], bool) else f"{_SYMBOLS.get(f, f)}={r[f]}"
-                  for f in varying]
-        labels.append(", ".join(parts) or r["setting"])
-    labels = pd.Series(labels, index=curves.index)
-    keys = ["setting", *varying]
-    order = curves.assign(_label=labels).sort_values(keys).drop_duplicates("_label")["_label"]
-    return labels, order.tolist()
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) \
+        else str(v)
+
+
+def _encode(curves: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Name each trial by what varies across the table (setting, K, p, σ, DM, ...).
+
+    Two varying knobs (Table 9's K and p) become colour and line style; otherwise each cell
+    gets its own colour. Returns the curves with the new columns and the lineplot arguments.
+    """
+    varying = [f for f in _COMPARED_FIELDS if curves[f].astype(str).nunique() > 1
+               and f not in ("eval_data", "teacher", "w_bits", "a_bits")]
+    keys = (["setting"] if curves["setting"].nunique() > 1 else []) + varying
+    ordered = curves.sort_values(keys) if keys else curves
+    if len(varying) == 2 and len(keys) == 2 and curves[varying[1]].nunique() <= 6:
+        hue, style = (_SYMBOLS.get(f, f) for f in varying)
+        out = curves.assign(**{hue: curves[varying[0]].map(_fmt),
+                               style: curves[varying[1]].map(_fmt)})
+        return out, dict(hue=hue, hue_order=list(dict.fromkeys(ordered[varying[0]].map(_fmt))),
+                         style=style,
+                         style_order=list(dict.fromkeys(ordered[varying[1]].map(_fmt))))
+    labels = [", ".join([r["setting"]] * ("setting" in keys)
+                        + [f"{_SYMBOLS.get(f, f)}={_fmt(r[f])}" for f in varying]) or r["setting"]
+              for _, r in curves.iterrows()]
+    out = curves.assign(cell=labels)
+    return out, dict(hue="cell", hue_order=list(dict.fromkeys(out.loc[ordered.index, "cell"])))
 
 
 def training_curves(curves: pd.DataFrame, table: str) -> Figure:
@@ -175,15 +185,15 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
     if c.empty:
         raise AnalysisError(f"no curves for {table}: the sweep writes curves-*.parquet as "
                             "trials report; check --results")
-    labels, order = _cell_labels(c)
-    c = c.assign(cell=labels)
+    c, enc = _encode(c)
     panels = ["top1"] + [m for m in LOSSES if c[m].notna().any()]
     fig, axes = _grid(len(panels), 3, (3.6, 2.7))
-    palette = sns.color_palette("husl" if len(order) > 10 else "deep", len(order))
+    n = len(enc["hue_order"])
+    palette = sns.color_palette("husl" if n > 10 else "deep", n)
     for ax, metric in zip(axes, panels):
         d = c[c[metric].notna()]
-        sns.lineplot(d, x="epoch", y=metric, hue="cell", hue_order=order, units="trial_id",
-                     estimator=None, ax=ax, palette=palette, lw=1, legend=metric == "top1",
+        sns.lineplot(d, x="epoch", y=metric, units="trial_id", estimator=None, ax=ax,
+                     palette=palette, lw=1, legend=metric == "top1", **enc,
                      marker="o" if d["epoch"].nunique() < 12 else None, markersize=3)
         ax.set(title=metric, xlabel="epoch", ylabel="%" if metric == "top1" else "loss")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -191,7 +201,7 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
         handles, labels = axes[0].get_legend_handles_labels()
         axes[0].get_legend().remove()
         fig.legend(handles, labels, loc="outside right upper", fontsize=7,
-                   ncols=1 + len(order) // 25)
+                   ncols=1 + len(labels) // 25)
     note = "" if c["paper_setting"].all() else " — offline digits/smoke data, not paper results"
     _suptitle(fig, f"{table}: training curves ({c['trial_id'].nunique()} trials){note}")
     return fig

@@ -216,7 +216,7 @@ def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: 
         notes.append(f"{_label(c, index, rename)}: also {c['reason']}")
     for _, c in cells[cells["mixed"] != ""].iterrows():
         notes.append(f"{_label(c, index, rename)}: seeds differ in {c['mixed']} (pooled anyway)")
-    if unrun:
+    if unrun and trials["paper_setting"].any():  # smoke data is not meant to cover the paper
         notes.append(f"Paper rows not run here: {'; '.join(unrun)}")
     return notes
 

@@ -414,3 +414,25 @@ def test_cli_plots_with_checkpoint(results_dir, tiny_checkpoint, tmp_path):
         ["fig5_pca.png", "fig6_samples.png", "table8_dm_layers.png"]
     assert cli(["plots", "--results", str(results_dir), "--out", str(out),
                 "--checkpoint", str(tmp_path / "nope")]) == 2
+
+
+def test_watch_rerenders_only_when_new_files_land(results_dir, tmp_path):
+    from analysis.cli import Progress, _watch_step, build_parser
+    live = tmp_path / "live"
+    out = tmp_path / "view"
+    args = build_parser().parse_args(["watch", "--results", str(live), "--out", str(out),
+                                      "--no-plots", "--table", "8"])
+    quiet = Progress(quiet=True)
+    assert _watch_step(args, None, quiet) is None  # directory not there yet: wait, no error
+    live.mkdir()
+    seen = _watch_step(args, None, quiet)
+    assert seen == () and not out.exists()  # empty: still waiting
+    for f in results_dir.glob("trials-*.parquet"):
+        shutil.copy(f, live)
+    seen = _watch_step(args, seen, quiet)
+    assert (out / "table8.md").exists()
+    (out / "table8.md").unlink()
+    assert _watch_step(args, seen, quiet) == seen and not (out / "table8.md").exists()
+    results.write([row("table8", C10, 93.0, seed=5, dm_layers=2)], live, "trials")
+    _watch_step(args, seen, quiet)
+    assert "93.00 (n=1)" in (out / "table8.md").read_text()
