@@ -46,6 +46,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                      # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module, Generator]:
     """Teacher (FP, eval, frozen), its quantized copy (eval mode throughout, §2.4), generator."""
     spec = models.spec(cfg.teacher)
@@ -203,12 +210,12 @@ def train(cfg: TrainConfig, out_dir: Path, report: Reporter = log_reporter,
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoint"
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.num_threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.num_threads or _usable_cpus())
     prepare.ensure_ready(cfg)                       # fail before any expensive work
     trial = Trial(cfg, device)
     evalset = data.load_eval(cfg)
     if resume_from is not None:
-        prog = trial.restore(checkpoint.load(resume_from, map_location=device))
+        prog = trial.restore(checkpoint.load(resume_from))   # CPU: RNG states stay CPU tensors
         log.info("resumed from %s at epoch %d", resume_from, prog.epoch)
     else:
         prog = Progress(teacher_top1=data.evaluate(trial.teacher, evalset, device)["top1"])
