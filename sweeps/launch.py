@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -161,16 +162,17 @@ def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[st
 
 
 class TrialDirName:
-    """Trial folder names that say what the trial is: `<trial_id>_mix_prob=0.4_seed=0`."""
+    """Trial folder names that say what the trial is: `<trial_id>--mix_prob=0.4_seed=0`."""
 
     def __init__(self, axes: Sequence[str]) -> None:
         self.axes = [*axes, "seed"]
 
     def __call__(self, trial: Any) -> str:
         cfg = trial.config["config"]
-        tags = "_".join(f"{a}={cfg[a]}" for a in self.axes if a in cfg)
+        tags = "_".join(f"{a}={cfg[a]:.4g}" if isinstance(cfg[a], float) else f"{a}={cfg[a]}"
+                        for a in self.axes if a in cfg)
         safe = "".join(c if c.isalnum() or c in "._=-" else "-" for c in tags)
-        return f"{trial.trial_id}_{safe}"[:120]
+        return f"{trial.trial_id}--{safe}"[:120]
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -358,8 +360,7 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
 
 
 def _trial_id_from_path(path: str) -> str:
-    """TrialDirName puts the trial id (`<5 hex>_<index>`) first."""
-    return "_".join(Path(path).name.split("_")[:2])
+    return Path(path).name.split("--")[0]             # TrialDirName puts the id first
 
 
 def experiment_name(args: argparse.Namespace, prefix: str) -> str:
@@ -426,3 +427,48 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
     return launch(table, experiment_name(args, prefix), space, axes, args, results_dir)
+
+
+# ---- search mode (sweeps.search) ---------------------------------------------------------------
+def to_domain(dim: Any) -> Any:
+    """A `sweeps.search.Dim` as a Tune search domain."""
+    if dim.kind == "uniform":
+        return tune.uniform(*dim.values)
+    if dim.kind == "loguniform":
+        return tune.loguniform(*dim.values)
+    if dim.kind == "int":
+        return tune.randint(dim.values[0], dim.values[1] + 1)   # randint leaves out the top
+    return tune.choice(list(dim.values))
+
+
+def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, Any]) -> int:
+    """OptunaSearch (TPE) proposes `dims` around `base`; ASHA stops the weak trials early."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    args.storage = storage_path(args.storage)
+    results_dir = args.results.expanduser().resolve()
+    prefix = f"{args.table}-{args.preset}"
+    if args.resume:
+        try:
+            return resume(args.table, prefix, args, results_dir)
+        except GridError as err:
+            print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+            return 2
+    base = grid.absolute_paths(base)
+    prepare_all([base])
+    start_ray(args)
+    gpus = gpus_by_teacher([base], args.gpus_per_trial)
+    cfg = place(base, gpus, args.cpus_per_trial)
+    space = {"config": {**cfg.to_dict(), **{k: to_domain(d) for k, d in dims.items()}},
+             "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
+                     "fail_once_at_epoch": args.fail_once_at_epoch}}
+    grace = args.grace_epochs or max(1, cfg.epochs // 8, cfg.eval_start_epoch + 1)
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.search_seed))
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
+                              grace_period=min(grace, cfg.epochs))
+    print(f"{args.table}: {args.num_samples} trials of {args.preset}, searching "
+          f"{', '.join(dims)} for the highest {args.metric}")
+    return launch(args.table, experiment_name(args, prefix), space, list(dims), args,
+                  results_dir, metric=args.metric, mode="max", search_alg=searcher,
+                  scheduler=scheduler, num_samples=args.num_samples)

@@ -73,9 +73,10 @@ def read_trials(results_dir: Path, columns: Sequence[str] | None = None) -> pd.D
 
 def read_curves(results_dir: Path) -> pd.DataFrame:
     """Every curves row, one per (table, trial_id, epoch): a restored trial may report an epoch
-    twice, and the later report wins."""
-    df = results.read(Path(results_dir), CURVES)
-    return df.drop_duplicates(["table", "trial_id", "epoch"], keep="last").reset_index(drop=True)
+    twice, and the later-written row wins."""
+    df = results.read(Path(results_dir), CURVES).sort_values("finished_at", kind="stable")
+    df = df.drop_duplicates(["table", "trial_id", "epoch"], keep="last")
+    return df.sort_values(["table", "trial_id", "epoch"]).reset_index(drop=True)
 
 
 def finished_rows(results_dir: Path) -> pd.DataFrame:

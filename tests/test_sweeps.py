@@ -1,0 +1,216 @@
+"""Sweep grids without Ray: every table expands into valid, unique trials; bad grids fail fast
+naming the key; --smoke-test, --only and overrides; result rows, reuse and curve dedupe; the
+three ways to run a table script."""
+
+import importlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qimera_core import results
+from qimera_core.config import build
+from sweeps import grid, rows, search
+from sweeps.grid import Block, GridError, expand
+
+ROOT = Path(__file__).resolve().parents[1]
+TABLES = ["table6", "table7", "table8", "table9", "table10", "main"]
+# Trials per table with the default 3 seeds; pins the grids to the paper's tables.
+COUNTS = {"table6": 10 * 6 * 3, "table7": 10 * 3 * 3, "table8": 2 * 5 * 3,
+          "table9": 2 * 24 * 3, "table10": 2 * 3, "main": 10 * 2 * 3}
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_table_grid_expands_validated_and_unique(name):
+    blocks = importlib.import_module(f"sweeps.{name}").BLOCKS
+    configs = grid.plan(blocks, seeds=3)
+    assert len(configs) == COUNTS[name]
+    assert len({c.config_hash for c in configs}) == len(configs)
+    smoke = grid.plan(blocks, seeds=1, smoke_test=True)
+    first = blocks[0]
+    n_first = math.prod(len(v) for v in first.grid.values())
+    assert len(smoke) == n_first
+    for cfg in smoke:                      # the digits setting, the block's method and axes
+        assert (cfg.teacher, cfg.eval_data, cfg.w_bits, cfg.epochs) == ("digits_resnet8",
+                                                                        "digits", 2, 3)
+        assert cfg.method == first.base_dict()["method"]
+    for key, values in first.grid.items():
+        assert sorted({getattr(c, key) for c in smoke}) == sorted(values)
+
+
+def test_table9_axes_are_the_papers():
+    from sweeps.table9 import BLOCKS
+    cifar, imagenet = BLOCKS
+    assert cifar.grid["mix_prob"] == [0.10, 0.25, 0.40, 0.55, 0.70, 0.85]
+    assert cifar.grid["mix_classes"] == [2, 10, 25, 100]
+    assert imagenet.grid["mix_classes"] == [100, 250, 500, 1000]
+    assert (cifar.base.teacher, imagenet.base.teacher) == ("resnet20_cifar100", "resnet50")
+
+
+def test_table_scripts_import_and_expand_without_ray():
+    code = ("import sys, importlib\nfrom sweeps import grid\n"
+            f"for t in {TABLES!r}:\n"
+            "    grid.plan(importlib.import_module('sweeps.' + t).BLOCKS, seeds=3)\n"
+            "assert 'ray' not in sys.modules, 'a table script imported ray'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env(), cwd=ROOT)
+
+
+def test_bad_value_names_key_value_and_what_is_allowed():
+    base = build("digits-smoke")
+    with pytest.raises(GridError, match=r"grid key 'mix_prob' value 1\.5.*\[0, 1\]"):
+        expand(base, {"mix_prob": [0.4, 1.5]})
+    with pytest.raises(GridError, match="'mix_prb'.*did you mean 'mix_prob'"):
+        expand(base, {"mix_prb": [0.4]})
+    with pytest.raises(GridError, match="--seeds"):
+        expand(base, {"seed": [0, 1]})
+    with pytest.raises(GridError, match="non-empty list"):
+        expand(base, {"mix_prob": []})
+    with pytest.raises(GridError, match="do not go together.*freeze_embeddings"):
+        expand(base, {"emb_init": ["random", "extracted"], "freeze_embeddings": [True]})
+
+
+def test_expand_is_seed_major_and_duplicates_are_refused():
+    trials = expand(build("digits-smoke"), {"mix_classes": [2, 3]}, seeds=2)
+    assert [(c.seed, c.mix_classes) for c in trials] == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    twice = [Block("a", build("digits-smoke")), Block("b", build("digits-smoke"))]
+    with pytest.raises(GridError, match="rows a and b"):
+        grid.plan(twice, seeds=1)
+
+
+def test_only_overrides_and_paths(tmp_path, monkeypatch):
+    from sweeps.table9 import BLOCKS
+    assert [b.row for b in grid.select(BLOCKS, ["cifar100"])] == ["cifar100-resnet20-4w4a"]
+    with pytest.raises(GridError, match="matches no row.*imagenet-resnet50-4w4a"):
+        grid.select(BLOCKS, ["cifar10-"])
+    narrowed = grid.plan(BLOCKS, seeds=1, smoke_test=True, overrides={"mix_prob": 0.4})
+    assert sorted(c.mix_classes for c in narrowed) == [2, 10, 25, 100]
+    assert {c.mix_prob for c in narrowed} == {0.4}
+    monkeypatch.chdir(tmp_path)
+    cfg = grid.absolute_paths(build("digits-smoke", cache_dir="cache", eval_data="npz:x.npz"))
+    assert cfg.cache_dir == str(tmp_path / "cache")
+    assert cfg.eval_data == f"npz:{tmp_path / 'x.npz'}"
+
+
+def test_smoke_keeps_gdfq_switches():
+    from sweeps.table6 import BLOCKS
+    smoke = grid.plan(BLOCKS, seeds=1, smoke_test=True)
+    assert {c.method for c in smoke} == {"gdfq"} and {c.mix_prob for c in smoke} == {0.0}
+    assert sorted(c.noise_sigma for c in smoke) == [0.25, 0.5, 1.0, 1.5, 2.0]
+
+
+def _metrics(epoch: int, top1: float, **kw) -> dict:
+    return {"epoch": epoch, "top1": top1, "best_top1": top1, "diverged": 0,
+            "time_total_s": 10.0, "device_name": "cpu", **kw}
+
+
+def test_rows_status_gpu_seconds_and_curve_dedupe(tmp_path):
+    cfg = build("digits-smoke")
+    row = rows.trial_row("t", "a_0", cfg, _metrics(3, 50.0), gpus=0.25)
+    assert set(row) == set(results.columns())
+    assert (row["status"], row["gpu_seconds"], row["device_name"]) == ("ok", 2.5, "cpu")
+    assert rows.trial_row("t", "a_0", cfg, _metrics(3, 50.0, diverged=1))["status"] == "diverged"
+    assert rows.trial_row("t", "a_0", cfg, {}, error="boom")["status"] == "error"
+    # a restored trial reports epoch 2 again: each epoch is kept once, the later report wins
+    reports = [_metrics(1, 10.0), _metrics(2, 20.0), _metrics(2, 21.0), _metrics(3, 30.0)]
+    curves = rows.curve_rows("t", "a_0", cfg, reports, status="ok")
+    assert [(r["epoch"], r["top1"]) for r in curves] == [(1, 10.0), (2, 21.0), (3, 30.0)]
+    results.write(curves[:2], tmp_path, rows.CURVES)
+    results.write(curves[1:], tmp_path, rows.CURVES)
+    assert list(rows.read_curves(tmp_path)["epoch"]) == [1, 2, 3]
+
+
+def test_finished_rows_reuse_and_adopt(tmp_path):
+    a, b, c = (build("digits-smoke", seed=s) for s in range(3))
+    results.write([rows.trial_row("main", "x_0", a, _metrics(3, 50.0)),
+                   rows.trial_row("main", "x_1", b, {}, error="boom")], tmp_path, rows.TRIALS)
+    results.write(rows.curve_rows("main", "x_0", a, [_metrics(1, 5.0), _metrics(3, 50.0)],
+                                  status="ok"), tmp_path, rows.CURVES)
+    ids, hashes = rows.recorded(tmp_path)
+    assert ids == {"x_0", "x_1"} and hashes == {a.config_hash}      # errors are rerun
+    assert rows.is_recorded(tmp_path, "new", a.config_hash)
+    assert not rows.is_recorded(tmp_path, "new", c.config_hash)
+    done = rows.finished_rows(tmp_path)
+    assert rows.adopt(tmp_path, "table7", done) == 1
+    assert rows.adopt(tmp_path, "table7", done) == 0                 # idempotent
+    trials = rows.read_trials(tmp_path)
+    assert sorted(trials["table"]) == ["main", "main", "table7"]
+    curves = rows.read_curves(tmp_path)
+    assert len(curves[curves["table"] == "table7"]) == 2
+
+
+def test_search_space_parsing_and_validation():
+    space = search.parse_space("mix_prob=uniform:0.05:0.95,mix_classes=int:2:10,"
+                               "dm_activation=choice:relu|none")
+    assert space["mix_classes"].values == (2, 10)
+    assert space["dm_activation"].values == ("relu", "none")
+    search.check_space(build("digits-smoke"), space)
+    for bad, needle in [("mix_prob=normal:0:1", "KIND"), ("mix_prb=uniform:0:1", "mix_prb"),
+                        ("mix_prob=uniform:0.9:0.1", "LO < HI"), ("lr_student=loguniform:0:1",
+                                                                  "loguniform")]:
+        with pytest.raises(GridError, match=needle):
+            search.parse_space(bad)
+    with pytest.raises(GridError, match=r"mix_prob: value 1\.5"):
+        search.check_space(build("digits-smoke"), search.parse_space("mix_prob=uniform:0:1.5"))
+
+
+BAD_SCRIPT = '''"""A sweep with an invalid grid value."""
+from qimera_core.config import build
+from sweeps.grid import Block
+
+BLOCKS = [Block("digits", build("digits-smoke"), {"mix_prob": [0.4, 1.5]})]
+
+if __name__ == "__main__":
+    import sys
+    from sweeps.launch import main
+    sys.exit(main("bad", BLOCKS))
+'''
+
+
+def test_invalid_grid_value_exits_before_ray_naming_the_key(tmp_path):
+    script = tmp_path / "bad.py"
+    script.write_text(BAD_SCRIPT)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, str(script), "--storage", str(tmp_path / "s"),
+                          "--results", str(tmp_path / "r")], capture_output=True, text=True,
+                         env=env(), cwd=tmp_path, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "grid key 'mix_prob' value 1.5" in out.stderr and "[0, 1]" in out.stderr
+    assert "Ray" not in out.stdout + out.stderr and not (tmp_path / "s").exists()
+    assert time.monotonic() - t0 < 30       # imports only: ~2-5 s on a busy 2-core machine
+
+
+def test_three_ways_to_run_a_table_script(tmp_path):
+    """`python -m sweeps.table9`, `python sweeps/table9.py` from the repo root, and the file
+    copied alone elsewhere (what `ray submit` does) all plan the same 24 smoke trials."""
+    copy = tmp_path / "table9.py"
+    shutil.copy(ROOT / "sweeps" / "table9.py", copy)
+    args = ["--smoke-test", "--dry-run", "--results", str(tmp_path / "r")]
+    for cmd, cwd in [([sys.executable, "-m", "sweeps.table9"], ROOT),
+                     ([sys.executable, "sweeps/table9.py"], ROOT),
+                     ([sys.executable, str(copy)], tmp_path)]:
+        out = subprocess.run(cmd + args, capture_output=True, text=True, env=env(), cwd=cwd,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "table9: 24 trials, 0 reused, 24 to run" in out.stdout
+        assert len([ln for ln in out.stdout.splitlines() if "mix_classes=" in ln]) == 24
+
+
+def test_dry_run_counts_reused_trials(tmp_path, capsys):
+    from sweeps.launch import main
+    from sweeps.table8 import BLOCKS
+    done = grid.plan(BLOCKS, seeds=1, smoke_test=True)[0]
+    results.write([rows.trial_row("table8", "y_0", done, _metrics(3, 40.0))], tmp_path,
+                  rows.TRIALS)
+    assert main("table8", BLOCKS, ["--smoke-test", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "table8: 5 trials, 1 reused, 4 to run" in out
+    assert done.config_hash not in out and out.count("dm_layers=") == 4

@@ -1,0 +1,114 @@
+"""Sweeps on a local 2-CPU Ray with the real trainer on the offline digits setting: rows and
+curves land, reruns reuse, a crashed trial recovers to the same result, a killed driver resumes
+without rerunning finished trials, and search mode writes rows too."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from qimera_core import results  # noqa: E402
+from sweeps import rows, table8, table9  # noqa: E402
+from sweeps.launch import main  # noqa: E402
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+# Final metrics that must not depend on a crash and restore (timings do).
+SAME = ["epoch", "top1", "top5", "best_top1", "best_epoch", "start_top1", "teacher_top1",
+        "loss_g", "loss_bns", "loss_s", "loss_kd"]
+
+
+def run(table: str, blocks, tmp: Path, *extra: str, cache: Path) -> int:
+    return main(table, blocks, ["--smoke-test", "--storage", str(tmp / "storage"),
+                                "--results", str(tmp / "results"), "--cache-dir", str(cache),
+                                *extra])
+
+
+@pytest.fixture(scope="module")
+def smoke4(local_ray, digits_cache, tmp_path_factory):
+    """Table 9's smoke grid narrowed to p = 0.4: four trials, K in {2, 10, 25, 100}."""
+    tmp = tmp_path_factory.mktemp("smoke4")
+    assert run("table9", table9.BLOCKS, tmp, "--mix-prob", "0.4", cache=digits_cache) == 0
+    return tmp
+
+
+def test_smoke_sweep_writes_ok_rows_curves_and_tensorboard(smoke4):
+    trials = rows.read_trials(smoke4 / "results")
+    assert list(trials.columns) == results.columns()
+    assert len(trials) == 4 and set(trials["status"]) == {"ok"}
+    assert sorted(trials["mix_classes"]) == [2, 10, 25, 100]
+    assert set(trials["table"]) == {"table9"} and set(trials["teacher"]) == {"digits_resnet8"}
+    assert (trials["epoch"] == trials["epochs"]).all() and trials["top1"].between(0, 100).all()
+    assert (trials["device_name"] == "cpu").all() and (trials["gpu_seconds"] == 0).all()
+    curves = rows.read_curves(smoke4 / "results")
+    assert len(curves) == 4 * 3 and set(curves["trial_id"]) == set(trials["trial_id"])
+    assert list(Path(smoke4 / "storage").glob("table9-smoke-*/*/events.out.tfevents.*"))
+
+
+def test_rerun_reuses_all_four(smoke4, digits_cache, capsys):
+    before = sorted(p.name for p in (smoke4 / "results").iterdir())
+    assert run("table9", table9.BLOCKS, smoke4, "--mix-prob", "0.4", cache=digits_cache) == 0
+    assert "table9: 4 trials, 4 reused, 0 to run" in capsys.readouterr().out
+    assert sorted(p.name for p in (smoke4 / "results").iterdir()) == before
+
+
+def test_trial_killed_once_resumes_to_the_clean_runs_metrics(smoke4, digits_cache, tmp_path):
+    assert run("table9", table9.BLOCKS, tmp_path, "--mix-prob", "0.4", "--mix-classes", "2",
+               "--fail-once-at-epoch", "2", cache=digits_cache) == 0
+    crashed = rows.read_trials(tmp_path / "results")
+    assert len(crashed) == 1 and crashed["status"].item() == "ok"
+    assert list((tmp_path / "storage").glob("table9-smoke-*/*/.failed-once")), "no crash happened"
+    clean = rows.read_trials(smoke4 / "results")
+    clean = clean[clean["config_hash"] == crashed["config_hash"].item()]
+    assert crashed[SAME].to_dict("records") == clean[SAME].to_dict("records")
+    curves = rows.read_curves(tmp_path / "results")
+    assert list(curves["epoch"]) == [1, 2, 3]
+
+
+def test_driver_killed_mid_sweep_then_resume_reruns_nothing_finished(local_ray, digits_cache,
+                                                                      tmp_path):
+    argv = ["--smoke-test", "--only", "cifar10-", "--storage", str(tmp_path / "storage"),
+            "--results", str(tmp_path / "results"), "--cache-dir", str(digits_cache)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    driver = subprocess.Popen([sys.executable, "-m", "sweeps.table8", *argv, "--num-cpus", "1",
+                               "--max-concurrent", "1"], cwd=ROOT, env=env,
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((tmp_path / "results").glob("trials-*.parquet")):
+            assert driver.poll() is None and time.monotonic() < deadline, "no trial finished"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)        # the driver and the Ray it started
+        driver.wait()
+    first = rows.read_trials(tmp_path / "results")
+    assert len(first) == 1
+    done_dir = next((tmp_path / "storage").glob(f"table8-smoke-*/{first['trial_id'].item()}--*"))
+    resumed_at = time.time()
+    assert main("table8", table8.BLOCKS, [*argv, "--resume"]) == 0
+    trials = rows.read_trials(tmp_path / "results")
+    assert len(trials) == 5 and set(trials["status"]) == {"ok"}
+    assert trials["trial_id"].is_unique and sorted(trials["dm_layers"]) == [0, 1, 2, 4, 8]
+    again = trials[trials["trial_id"] == first["trial_id"].item()]
+    assert again["finished_at"].item() == first["finished_at"].item()
+    newer = [p for p in done_dir.rglob("checkpoint*/*") if p.stat().st_mtime >= resumed_at]
+    assert not newer, f"the finished trial trained again: {newer}"
+    curves = rows.read_curves(tmp_path / "results")
+    assert len(curves) == 5 * 3
+
+
+def test_search_mode_writes_rows(local_ray, digits_cache, tmp_path):
+    from sweeps.search import main as search
+    assert search(["--smoke-test", "--num-samples", "2", "--space", "mix_prob=uniform:0.1:0.9",
+                   "--storage", str(tmp_path / "s"), "--results", str(tmp_path / "r"),
+                   "--cache-dir", str(digits_cache)]) == 0
+    trials = rows.read_trials(tmp_path / "r")
+    assert len(trials) == 2 and set(trials["table"]) == {"search"}
+    assert trials["mix_prob"].between(0.1, 0.9).all() and trials["mix_prob"].is_unique
