@@ -1,4 +1,5 @@
-"""`python -m analysis tables|plots|watch|status`: paper tables, figures and a live view of a sweep."""
+"""`python -m analysis tables|plots|watch|status`: paper tables, figures and a live view of a
+sweep."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--interval", type=float, default=30.0, help="seconds between checks")
     w.add_argument("--max-iterations", type=int, default=0,
                    help="stop after this many checks (0 = until Ctrl-C)")
-    w.add_argument("--once", action="store_true", help="render once and exit (= --max-iterations 1)")
+    w.add_argument("--once", action="store_true",
+                   help="render once and exit (= --max-iterations 1)")
     w.add_argument("--no-plots", action="store_true", help="tables and status only")
     w.set_defaults(func=cmd_watch)
     s = sub.add_parser("status", help="print trial counts and GPU-hours per table")

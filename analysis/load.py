@@ -72,12 +72,14 @@ def method_label(method: str, freeze_embeddings: bool) -> str:
 def add_labels(df: pd.DataFrame) -> pd.DataFrame:
     """Adds dataset, model, bits, method_label, setting and paper_setting columns."""
     df = df.copy()
-    df["dataset"] = [dataset_label(e, t) for e, t in zip(df["eval_data"], df["teacher"])]
+    df["dataset"] = [dataset_label(e, t)
+                     for e, t in zip(df["eval_data"], df["teacher"], strict=True)]
     df["model"] = [model_label(t) for t in df["teacher"]]
-    df["bits"] = [f"{int(w)}w{int(a)}a" for w, a in zip(df["w_bits"], df["a_bits"])]
+    df["bits"] = [f"{int(w)}w{int(a)}a" for w, a in zip(df["w_bits"], df["a_bits"], strict=True)]
     df["method_label"] = [method_label(m, bool(f))
-                          for m, f in zip(df["method"], df["freeze_embeddings"])]
-    df["setting"] = [f"{d} {m} {b}" for d, m, b in zip(df["dataset"], df["model"], df["bits"])]
+                          for m, f in zip(df["method"], df["freeze_embeddings"], strict=True)]
+    df["setting"] = [f"{d} {m} {b}"
+                     for d, m, b in zip(df["dataset"], df["model"], df["bits"], strict=True)]
     # Digits and synthetic runs are pipeline checks; they must never pass for paper results.
     df["paper_setting"] = df["dataset"].isin(PAPER_DATASETS)
     return df

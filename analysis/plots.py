@@ -62,7 +62,7 @@ def heatmap_table9(table: PaperTable) -> Figure:
     blocks = list(dict.fromkeys(cells["setting"]))
     ps = sorted(cells["mix_prob"].unique())
     fig, axes = _grid(len(blocks), 2, (1.25 * len(ps) + 1.5, 3.6))
-    for ax, block in zip(axes, blocks):
+    for ax, block in zip(axes, blocks, strict=True):
         c = cells[cells["setting"] == block]
         mean = c.pivot(index="mix_classes", columns="mix_prob", values="mean").reindex(columns=ps)
         bold = c.pivot(index="mix_classes", columns="mix_prob", values="bold").reindex(columns=ps)
@@ -74,9 +74,9 @@ def heatmap_table9(table: PaperTable) -> Figure:
         ax.set_facecolor("0.85")  # missing cells
         present = mean.notna().to_numpy()
         # seaborn annotates only the cells it draws, in row-major order
-        for text, is_bold in zip(ax.texts, bold.to_numpy()[present]):
+        for text, is_bold in zip(ax.texts, bold.to_numpy()[present], strict=False):
             text.set_fontweight("bold" if is_bold else "normal")
-        for i, j in zip(*np.nonzero(~present)):
+        for i, j in zip(*np.nonzero(~present), strict=True):
             ax.text(j + 0.5, i + 0.5, "-", ha="center", va="center", color="0.3")
         ax.set_xticklabels([f"{p:.2f}" for p in ps])
         ax.set(xlabel="p (superposition probability)", ylabel="K (classes superposed)",
@@ -116,7 +116,7 @@ def sigma_curves(table: PaperTable) -> Figure:
     settings = list(dict.fromkeys(cells["setting"]))
     fig, axes = _grid(len(settings), 4, (3.4, 2.8))
     colors = sns.color_palette("deep")
-    for ax, s in zip(axes, settings):
+    for ax, s in zip(axes, settings, strict=True):
         c = cells[cells["setting"] == s]
         _errorbars(ax, c[c["method_label"] == "GDFQ"], "noise_sigma", "GDFQ", colors[0])
         for i, (_, ref) in enumerate(c[(c["method_label"] != "GDFQ")
@@ -139,7 +139,7 @@ def dm_curves(table: PaperTable) -> Figure:
     cells = table.cells
     columns = list(dict.fromkeys(cells["column"]))
     fig, axes = _grid(len(columns), 3, (3.6, 2.8))
-    for ax, col in zip(axes, columns):
+    for ax, col in zip(axes, columns, strict=True):
         c = cells[cells["column"] == col]
         _errorbars(ax, c, "dm_layers", "Qimera", sns.color_palette("deep")[0])
         ax.set_xticks(sorted(c["dm_layers"].unique()))
@@ -190,7 +190,7 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
     fig, axes = _grid(len(panels), 3, (3.6, 2.7))
     n = len(enc["hue_order"])
     palette = sns.color_palette("husl" if n > 10 else "deep", n)
-    for ax, metric in zip(axes, panels):
+    for ax, metric in zip(axes, panels, strict=True):
         d = c[c[metric].notna()]
         sns.lineplot(d, x="epoch", y=metric, units="trial_id", estimator=None, ax=ax,
                      palette=palette, lw=1, legend=metric == "top1", **enc,

@@ -18,8 +18,15 @@ import pandas as pd
 from qimera_core.config import FIELD_NAMES, RUN_ONLY_FIELDS
 
 from . import paper
-from .load import (PAPER_DATASETS, AnalysisError, Results, add_labels, dedupe_trials, in_table,
-                   setting_sort_key)
+from .load import (
+    PAPER_DATASETS,
+    AnalysisError,
+    Results,
+    add_labels,
+    dedupe_trials,
+    in_table,
+    setting_sort_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +269,7 @@ def _check_metric(metric: str) -> None:
 
 
 def _settings(trials: pd.DataFrame) -> list[tuple[str, str, str]]:
-    keys = {(d, m, b) for d, m, b in zip(trials["dataset"], trials["model"], trials["bits"])}
+    keys = set(zip(trials["dataset"], trials["model"], trials["bits"], strict=True))
     return sorted(keys, key=lambda k: setting_sort_key(*k))
 
 
@@ -270,7 +277,7 @@ def _unrun(block: str, present: list[tuple[str, str, str]]) -> list[str]:
     """Settings the paper reports in this block that have no trial here."""
     p = paper.paper_tables()
     p = p[(p["table"] == paper.PAPER_BLOCKS[block]) & (p["method"].isin(["Qimera", "GDFQ"]))]
-    wanted = dict.fromkeys(zip(p["dataset"], p["model"], p["bits"]))
+    wanted = dict.fromkeys(zip(p["dataset"], p["model"], p["bits"], strict=True))
     return [" ".join(k) for k in wanted if k not in present]
 
 
@@ -351,7 +358,7 @@ def _table6_columns(trials: pd.DataFrame, theirs: pd.DataFrame) -> list[tuple[st
 
 def table6(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
            compare_paper: bool = False) -> PaperTable:
-    """Supp. Table 6: GDFQ at noise scale σ (columns) per data set, model and bits; Qimera beside."""
+    """Supp. Table 6: GDFQ at noise scale σ (columns) per data set, model, bits; Qimera beside."""
     _check_metric(metric)
     trials = _trials(source, "table6")
     trials["noise_sigma"] = trials["noise_sigma"].round(6)
@@ -419,7 +426,8 @@ def _method_table(name: str, source: Results | pd.DataFrame, metric: str, seeds:
     cells = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     order = {c: i for i, c in enumerate(["FP32", *baselines, *ours])}
     cells["_rank"] = [(setting_sort_key(d, m, b), order[c]) for d, m, b, c in
-                      zip(cells["dataset"], cells["model"], cells["bits"], cells["column"])]
+                      zip(cells["dataset"], cells["model"], cells["bits"], cells["column"],
+                          strict=True)]
     cells = cells.sort_values("_rank", kind="stable").reset_index(drop=True)
     return trials, n, settings, cells
 
@@ -484,7 +492,8 @@ def _improvement(cells: pd.DataFrame) -> pd.DataFrame:
     out["mean"] = q["mean"] - dsg.reindex(q.index)
     out["kind"], out["column"], out["method_label"] = "derived", "Improvement", "Improvement"
     imp = [paper.lookup("table10", r.dataset, r.model, r.bits, "Qimera") for _, r in q.iterrows()]
-    out["paper"] = [f[0] - d if f else math.nan for f, d in zip(imp, dsg.reindex(q.index))]
+    dsg = dsg.reindex(q.index)
+    out["paper"] = [f[0] - d if f else math.nan for f, d in zip(imp, dsg, strict=True)]
     out["delta"] = out["mean"] - out["paper"]
     out["_rank"] = [(r[0], 99) for r in q["_rank"]]
     return out.reset_index()

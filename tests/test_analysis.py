@@ -46,7 +46,8 @@ def table9_rows() -> list[dict]:
         # K=2, p=0.40: 65, 66, 67 -> 66.00 ± 1.00, the block's best
         *[t(65.0 + s, seed=s, mix_classes=2, mix_prob=0.4) for s in range(3)],
         # K=10, p=0.10: two seeds, the third failed -> 62.00 ± 1.41 (n=2)
-        t(61.0, seed=0, mix_classes=10, mix_prob=0.1), t(63.0, seed=1, mix_classes=10, mix_prob=0.1),
+        t(61.0, seed=0, mix_classes=10, mix_prob=0.1),
+        t(63.0, seed=1, mix_classes=10, mix_prob=0.1),
         t(status="error", error="CUDA out of memory\ntraceback...", seed=2, mix_classes=10,
           mix_prob=0.1),
         # K=10, p=0.40 is also Table 7's Qimera config (same hash): its ok rows win over these
