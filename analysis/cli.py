@@ -132,6 +132,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
     results = load(args.results)
     progress(f"loaded {args.results}: {status.status_line(results)}")
     written = write_tables(results, args, formats, progress)
+    if len(written) == 2:  # status.csv/md only
+        progress("no finished trials yet: wrote the status summary only")
     progress(f"wrote {len(written)} files to {args.out}")
     return 0
 

@@ -19,8 +19,8 @@ from matplotlib.ticker import MaxNLocator
 
 from qimera_core.results import METRICS
 
+from .cells import COMPARED_FIELDS, PaperTable
 from .load import AnalysisError
-from .tables import _COMPARED_FIELDS, PaperTable
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _encode(curves: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     Two varying knobs (Table 9's K and p) become colour and line style; otherwise each cell
     gets its own colour. Returns the curves with the new columns and the lineplot arguments.
     """
-    varying = [f for f in _COMPARED_FIELDS if curves[f].astype(str).nunique() > 1
+    varying = [f for f in COMPARED_FIELDS if curves[f].astype(str).nunique() > 1
                and f not in ("eval_data", "teacher", "w_bits", "a_bits")]
     keys = (["setting"] if curves["setting"].nunique() > 1 else []) + varying
     ordered = curves.sort_values(keys) if keys else curves
