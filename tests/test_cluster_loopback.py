@@ -184,7 +184,9 @@ def render_loopback_yaml(sshd: Sshd, user: str, out: Path) -> Path:
     text = (REPO / "cluster" / "loopback.yaml").read_text()
     fills = {"__SSH_USER__": user, "__SSH_PRIVATE_KEY__": str(sshd.key),
              "__SSH_PROXY_COMMAND__": sshd.proxy_command, "__PYTHON_BIN__": str(PY_BIN),
-             "cluster_name: qimera-loopback": f"cluster_name: qimera-loopback-{uuid.uuid4().hex[:8]}"}
+             # ssh control sockets are per cluster name: a name of its own per run
+             "cluster_name: qimera-loopback":
+                 f"cluster_name: qimera-loopback-{uuid.uuid4().hex[:8]}"}
     for placeholder, value in fills.items():
         assert placeholder in text, f"cluster/loopback.yaml lost its {placeholder} placeholder"
         text = text.replace(placeholder, value)
