@@ -10,6 +10,8 @@ ends every process of the cluster. Skips, saying why, without root, sshd, rsync 
 from __future__ import annotations
 
 import contextlib
+import getpass
+import hashlib
 import os
 import shutil
 import signal
@@ -74,6 +76,7 @@ class Sshd:
     key: Path            # client private key
     home: Path           # the "remote" user's home
     proxy_command: str
+    cluster_name: str    # one per run: the launcher keys its ssh control sockets by it
 
 
 def _missing_prerequisite() -> str | None:
@@ -165,7 +168,8 @@ def loopback_sshd(tmp_path: Path) -> Iterator[Sshd]:
                         + (tmp_path / "sshd.log").read_text()[-1000:])
         bridge = REPO / "cluster" / "loopback_bridge.py"
         sshd = Sshd(ns_pid, tmp_path / "client_ed25519", tmp_path / "home",
-                    f"nsenter --target {ns_pid} --net {sys.executable} {bridge} 127.0.0.1 22")
+                    f"nsenter --target {ns_pid} --net {sys.executable} {bridge} 127.0.0.1 22",
+                    f"qimera-loopback-{uuid.uuid4().hex[:8]}")
         _wait_for_login(sshd, user, time.time() + 20)
         yield sshd
     finally:
@@ -177,6 +181,14 @@ def loopback_sshd(tmp_path: Path) -> Iterator[Sshd]:
             proc.kill()
         proc.wait(timeout=30)
         log.close()
+        if ns_pid is not None:
+            shutil.rmtree(_ssh_control_dir(sshd.cluster_name), ignore_errors=True)
+
+
+def _ssh_control_dir(cluster_name: str) -> Path:
+    """Where the launcher keeps this cluster's ssh control sockets (command_runner.py)."""
+    user = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
+    return Path(f"/tmp/ray_ssh_{user}") / hashlib.sha256(cluster_name.encode()).hexdigest()[:10]
 
 
 def render_loopback_yaml(sshd: Sshd, user: str, out: Path) -> Path:
@@ -184,9 +196,7 @@ def render_loopback_yaml(sshd: Sshd, user: str, out: Path) -> Path:
     text = (REPO / "cluster" / "loopback.yaml").read_text()
     fills = {"__SSH_USER__": user, "__SSH_PRIVATE_KEY__": str(sshd.key),
              "__SSH_PROXY_COMMAND__": sshd.proxy_command, "__PYTHON_BIN__": str(PY_BIN),
-             # ssh control sockets are per cluster name: a name of its own per run
-             "cluster_name: qimera-loopback":
-                 f"cluster_name: qimera-loopback-{uuid.uuid4().hex[:8]}"}
+             "cluster_name: qimera-loopback": f"cluster_name: {sshd.cluster_name}"}
     for placeholder, value in fills.items():
         assert placeholder in text, f"cluster/loopback.yaml lost its {placeholder} placeholder"
         text = text.replace(placeholder, value)
