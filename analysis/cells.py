@@ -210,7 +210,7 @@ def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: 
     notes = _data_notes(trials)
     if metric != "top1":
         notes.append(f"Cells are {METRICS[metric]}.")
-    if (cells["kind"] == "paper").any():
+    if ((cells["kind"] == "paper") & (cells["status"] == "paper")).any():
         notes.append("(paper): a baseline we do not run; the value is the paper's.")
     gaps = ~cells["status"].isin(["ok", "paper"]) & cells["kind"].isin(["ours", "paper"])
     gaps &= ~((cells["status"] == "not run") & (cells["kind"] == "ours"))

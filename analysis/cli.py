@@ -116,11 +116,8 @@ def write_plots(results: Results, args: argparse.Namespace, formats: tuple[str, 
     present = set().union(*results.trials["tables"]) if not results.trials.empty else set()
     tables = make_tables(results, [n for n in figure_tables if n in present],
                          **_table_kwargs(args))
-    curves = results.curves
-    if names and not curves.empty:
-        curves = curves[curves["table"].isin(names)]
     written = []
-    for stem, make in plots.figure_jobs(tables, curves):
+    for stem, make in plots.figure_jobs(tables, results.curves, only=names):
         progress(f"drawing {stem}")
         written += plots.save(make(), args.out, stem, formats)
     return written

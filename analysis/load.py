@@ -141,12 +141,20 @@ def dedupe_trials(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def dedupe_curves(raw: pd.DataFrame) -> pd.DataFrame:
-    """One row per (trial_id, epoch), the newest: a restored trial reports some epochs twice."""
+    """One row per (trial_id, epoch), the newest: a restored trial reports some epochs twice.
+
+    `tables` keeps every table the trial's curves were filed under (a sweep that reuses a
+    finished trial files its curves again under its own table).
+    """
     if raw.empty:
-        return raw.copy()
+        out = raw.copy()
+        out["tables"] = pd.Series(dtype=object)
+        return out
     when = pd.to_datetime(raw["finished_at"], utc=True, errors="coerce")
     df = raw.assign(_when=when).sort_values(["trial_id", "epoch", "_when"], kind="stable")
+    tables = df.groupby("trial_id")["table"].agg(lambda s: frozenset(s))
     df = df.drop_duplicates(["trial_id", "epoch"], keep="last")
+    df = df.assign(tables=df["trial_id"].map(tables))
     return df.drop(columns="_when").reset_index(drop=True)
 
 

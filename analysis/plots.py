@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from qimera_core.results import METRICS
 
 from .cells import COMPARED_FIELDS, PaperTable
-from .load import AnalysisError
+from .load import AnalysisError, in_table
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _encode(curves: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 
 def training_curves(curves: pd.DataFrame, table: str) -> Figure:
     """Top-1 and each loss by epoch, one line per trial, coloured by cell (seeds share a colour)."""
-    c = curves[curves["table"] == table] if not curves.empty else curves
+    c = in_table(curves, table)
     if c.empty:
         raise AnalysisError(f"no curves for {table}: the sweep writes curves-*.parquet as "
                             "trials report; check --results")
@@ -207,13 +207,15 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
     return fig
 
 
-def figure_jobs(tables: list[PaperTable], curves: pd.DataFrame
+def figure_jobs(tables: list[PaperTable], curves: pd.DataFrame, only: list[str] | None = None
                 ) -> list[tuple[str, Callable[[], Figure]]]:
-    """(file stem, maker) for every figure the given tables and curves support."""
+    """(file stem, maker) for every figure the given tables and curves support; training
+    curves for the tables in `only` (default: every table that has curves)."""
     makers = {"table9": ("table9_heatmap", heatmap_table9),
               "table6": ("table6_sigma", sigma_curves), "table8": ("table8_dm_layers", dm_curves)}
     jobs = [(makers[t.name][0], functools.partial(makers[t.name][1], t))
             for t in tables if t.name in makers]
-    names = sorted(set(curves["table"])) if not curves.empty else []
+    names = sorted(set().union(*curves["tables"])) if not curves.empty else []
+    names = [n for n in names if only is None or n in only]
     jobs += [(f"{n}_curves", functools.partial(training_curves, curves, n)) for n in names]
     return jobs

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .load import Results
+from .load import Results, in_table
 
 _COUNTS = ("ok", "error", "diverged", "running")
 
@@ -28,11 +28,11 @@ def summary(results: Results) -> pd.DataFrame:
     """
     trials, running = results.trials, results.running
     names = set().union(*trials["tables"]) if not trials.empty else set()
-    names |= set(running["table"]) if not running.empty else set()
+    names |= set().union(*running["tables"]) if not running.empty else set()
     rows = []
     for name in sorted(names):
         mine = trials[[name in t for t in trials["tables"]]] if not trials.empty else trials
-        live = running[running["table"] == name] if not running.empty else running
+        live = in_table(running, name)
         rows.append(_row(name, mine, live))
     rows.append(_row("all", trials, running))
     return pd.DataFrame(rows)

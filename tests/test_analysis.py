@@ -437,3 +437,14 @@ def test_watch_rerenders_only_when_new_files_land(results_dir, tmp_path):
     results.write([row("table8", C10, 93.0, seed=5, dm_layers=2)], live, "trials")
     _watch_step(args, seen, quiet)
     assert "93.00 (n=1)" in (out / "table8.md").read_text()
+
+
+def test_curves_filed_under_two_tables_serve_both(tmp_path):
+    rows = curve_rows()[:4]  # trial t-a, epochs 1-3 (3 twice)
+    again = [{**r, "table": "table8", "finished_at": "2030-01-01T00:00:00+00:00"} for r in rows]
+    results.write(rows + again, tmp_path, "curves")
+    c = load(tmp_path).curves
+    assert len(c) == 3 and set(c["tables"].iloc[0]) == {"table8", "table9"}
+    from analysis import plots
+    assert [s for s, _ in plots.figure_jobs([], c)] == ["table8_curves", "table9_curves"]
+    assert [s for s, _ in plots.figure_jobs([], c, only=["table9"])] == ["table9_curves"]
