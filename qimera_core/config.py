@@ -66,7 +66,8 @@ class TrainConfig:
     epochs: int = 400
     steps_per_epoch: int = 200
     batch_size: int = 200
-    warmup_epochs: int = 4               # generator-only epochs before the student trains
+    warmup_epochs: int = 4               # generator-only epochs before the student trains;
+                                         # start_top1 is measured at its end (NaN if 0)
     act_range_epochs: int = 4            # activation ranges track (EMA) in these epochs, then freeze
     act_range_mode: str = "official"     # official (compounding bias correction) | ema
     act_ema_beta: float = 0.9
@@ -212,6 +213,8 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
     _check(c.num_threads >= 0, f"num_threads must be >= 0 (0 = all CPUs), got {c.num_threads}")
     _check(c.normalization in NORMALIZATIONS,
            f"normalization must be one of {NORMALIZATIONS}, got {c.normalization!r}")
+    from qimera_core import models    # late: models imports this module
+    models.spec(c.teacher)            # unknown teacher names fail here, listing valid ones
     kind = c.eval_data.split(":", 1)[0]
     _check(kind in EVAL_DATA or kind == "npz",
            f"eval_data must be one of {EVAL_DATA}, 'imagenet:VALDIR' or 'npz:PATH', "

@@ -39,6 +39,7 @@ from qimera_core.config import (GDFQ_SWITCHES, OFFICIAL_EMB_INIT, PRESETS, Train
     (dict(eval_data="mnist"), "eval_data"),
     (dict(eval_data="npz:"), "npz"),
     (dict(method="zeroq"), "method"),
+    (dict(teacher="resnet21"), "unknown teacher"),
     (dict(method="gdfq"), "GDFQ|gdfq"),
     (dict(epochs=2.5), "epochs must be an integer"),
     (dict(freeze_embeddings="yes"), "freeze_embeddings must be true or false"),
