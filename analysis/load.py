@@ -55,10 +55,11 @@ def dataset_label(eval_data: str, teacher: str = "") -> str:
 
 
 def model_label(teacher: str) -> str:
-    if teacher in _MODELS:
-        return _MODELS[teacher]
+    name = teacher.removeprefix("tv:")  # torchvision classifiers are registered as tv:NAME
+    if name in _MODELS:
+        return _MODELS[name]
     for prefix, label in _MODEL_PREFIXES:
-        if teacher.lower().startswith(prefix):
+        if name.lower().startswith(prefix):
             return label
     return teacher
 

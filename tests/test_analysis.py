@@ -448,3 +448,12 @@ def test_curves_filed_under_two_tables_serve_both(tmp_path):
     from analysis import plots
     assert [s for s, _ in plots.figure_jobs([], c)] == ["table8_curves", "table9_curves"]
     assert [s for s, _ in plots.figure_jobs([], c, only=["table9"])] == ["table9_curves"]
+
+
+@pytest.mark.parametrize("name", ["main", "table6", "table7", "table10"])
+def test_paper_numbers_come_back_unchanged_in_every_table(name):
+    t = tables.TABLE_FUNCTIONS[name](paper.paper_trials(name))
+    ours = t.cells[t.cells["kind"] == "ours"]
+    assert (ours["status"] == "ok").all() and ours["paper"].notna().all()
+    assert (ours["mean"] - ours["paper"]).abs().max() < 1e-9
+    assert t.bold.sum().sum() == t.frame.shape[0]  # one best cell per row (no ties in the paper)
