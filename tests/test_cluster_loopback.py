@@ -116,16 +116,16 @@ def _keys_and_config(tmp: Path, user: str) -> Path:
     return config
 
 
-def _namespace_child(unshare_pid: int, deadline: float) -> int:
+def _namespace_child(unshare: subprocess.Popen, deadline: float) -> int:
     """The host PID of unshare's forked child (PID 1 of the new namespaces), once it runs sshd."""
-    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
-    while time.time() < deadline:
+    children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children")
+    while time.time() < deadline and unshare.poll() is None:
         with contextlib.suppress(OSError):
             pids = children.read_text().split()
             if pids and "sshd" in Path(f"/proc/{pids[0]}/cmdline").read_text():
                 return int(pids[0])
         time.sleep(0.1)
-    raise TimeoutError("sshd did not start in its namespace")
+    raise TimeoutError("sshd did not start in its namespace")  # or unshare exited
 
 
 def _wait_for_login(sshd: Sshd, user: str, deadline: float) -> None:
@@ -157,10 +157,10 @@ def loopback_sshd(tmp_path: Path) -> Iterator[Sshd]:
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--net",
                              "--kill-child", "sh", "-c", NS_INIT],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-    ns_pid = None
+    ns_pid, sshd = None, None
     try:
         try:
-            ns_pid = _namespace_child(proc.pid, time.time() + 15)
+            ns_pid = _namespace_child(proc, time.time() + 15)
         except TimeoutError:
             proc.kill()
             proc.wait()
@@ -170,7 +170,10 @@ def loopback_sshd(tmp_path: Path) -> Iterator[Sshd]:
         sshd = Sshd(ns_pid, tmp_path / "client_ed25519", tmp_path / "home",
                     f"nsenter --target {ns_pid} --net {sys.executable} {bridge} 127.0.0.1 22",
                     f"qimera-loopback-{uuid.uuid4().hex[:8]}")
-        _wait_for_login(sshd, user, time.time() + 20)
+        try:
+            _wait_for_login(sshd, user, time.time() + 20)
+        except TimeoutError as e:
+            pytest.fail(f"{e}; sshd log:\n" + (tmp_path / "sshd.log").read_text()[-2000:])
         yield sshd
     finally:
         # Killing PID 1 of a PID namespace kills every process in it: sshd, Ray, trials.
@@ -181,7 +184,7 @@ def loopback_sshd(tmp_path: Path) -> Iterator[Sshd]:
             proc.kill()
         proc.wait(timeout=30)
         log.close()
-        if ns_pid is not None:
+        if sshd is not None:
             shutil.rmtree(_ssh_control_dir(sshd.cluster_name), ignore_errors=True)
 
 
