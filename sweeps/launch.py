@@ -144,8 +144,13 @@ class ResultsWriter(tune.Callback):
 
 
 def _error_text(trial: Any) -> str:
-    err = trial.get_error() if hasattr(trial, "get_error") else None
-    text = str(err) if err else "trial failed (no error recorded)"
+    """The trial's error trace: the driver's own copy, which reaches storage only later."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        text = Path(path).read_text()
+    else:
+        err = trial.get_error()
+        text = str(err) if err else "trial failed (Tune recorded no error)"
     return text[-4000:]                               # the end of a traceback says the most
 
 
@@ -291,20 +296,22 @@ def start_ray(args: argparse.Namespace) -> None:
                  dashboard_host="127.0.0.1")
 
 
-def gpus_by_teacher(configs: Sequence[TrainConfig], gpus_per_trial: float | None
+def gpus_by_teacher(configs: Sequence[TrainConfig], args: argparse.Namespace
                     ) -> dict[str, float]:
-    """GPUs a trial asks for, by teacher: the flag, else a default if the cluster has GPUs."""
-    have_gpus = ray.cluster_resources().get("GPU", 0) > 0
-    out = {}
-    for cfg in configs:
-        if gpus_per_trial is not None:
-            out[cfg.teacher] = gpus_per_trial
-        elif not have_gpus:
-            out[cfg.teacher] = 0.0
-        else:
-            big = cfg.eval_data.startswith("imagenet")
-            out[cfg.teacher] = IMAGENET_TRIAL_GPUS if big else SMALL_TRIAL_GPUS
-    return out
+    """GPUs a trial asks for, by teacher. --smoke-test runs on the CPU unless told otherwise."""
+    flag = args.gpus_per_trial
+    if flag is None and args.smoke_test:
+        flag = 0.0
+    have_gpus = flag is None and ray.cluster_resources().get("GPU", 0) > 0
+    return {c.teacher: default_gpus(c, flag, have_gpus) for c in configs}
+
+
+def default_gpus(cfg: TrainConfig, flag: float | None, have_gpus: bool) -> float:
+    if flag is not None:
+        return flag
+    if not have_gpus:
+        return 0.0
+    return IMAGENET_TRIAL_GPUS if cfg.eval_data.startswith("imagenet") else SMALL_TRIAL_GPUS
 
 
 def place(cfg: TrainConfig, gpus: Mapping[str, float], cpus: int) -> TrainConfig:
@@ -421,7 +428,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         return 0
     prepare_all(todo)
     start_ray(args)
-    gpus = gpus_by_teacher(todo, args.gpus_per_trial)
+    gpus = gpus_by_teacher(todo, args)
     space = {"config": tune.grid_search([place(c, gpus, args.cpus_per_trial).to_dict()
                                          for c in todo]),
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
@@ -458,7 +465,7 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
     base = grid.absolute_paths(base)
     prepare_all([base])
     start_ray(args)
-    gpus = gpus_by_teacher([base], args.gpus_per_trial)
+    gpus = gpus_by_teacher([base], args)
     cfg = place(base, gpus, args.cpus_per_trial)
     space = {"config": {**cfg.to_dict(), **{k: to_domain(d) for k, d in dims.items()}},
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus,

@@ -214,3 +214,19 @@ def test_dry_run_counts_reused_trials(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "table8: 5 trials, 1 reused, 4 to run" in out
     assert done.config_hash not in out and out.count("dm_layers=") == 4
+
+
+def test_resources_storage_and_placement(tmp_path, monkeypatch):
+    from sweeps.launch import default_gpus, place, storage_path
+    digits, imagenet = build("digits-smoke"), build("imagenet-resnet50-4w4a")
+    assert default_gpus(digits, None, have_gpus=True) == 0.25
+    assert default_gpus(imagenet, None, have_gpus=True) == 1.0
+    assert default_gpus(imagenet, None, have_gpus=False) == 0.0
+    assert default_gpus(imagenet, 0.5, have_gpus=False) == 0.5        # the flag wins
+    on_gpu = place(digits, {"digits_resnet8": 0.25}, cpus=4)
+    assert (on_gpu.device, on_gpu.num_threads) == ("cuda", 4)
+    assert on_gpu.config_hash == digits.config_hash                   # where, not what
+    assert place(digits, {"digits_resnet8": 0.0}, cpus=1).device == "cpu"
+    monkeypatch.chdir(tmp_path)
+    assert storage_path("runs/s") == str(tmp_path / "runs" / "s")
+    assert storage_path("s3://bucket/sweeps") == "s3://bucket/sweeps"

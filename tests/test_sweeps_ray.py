@@ -71,6 +71,20 @@ def test_trial_killed_once_resumes_to_the_clean_runs_metrics(smoke4, digits_cach
     assert list(curves["epoch"]) == [1, 2, 3]
 
 
+def test_failed_trial_is_an_error_row_and_is_not_reused(local_ray, digits_cache, tmp_path,
+                                                       capsys):
+    args = ("--only", "cifar10-", "--dm-layers", "0", "--fail-once-at-epoch", "1")
+    assert run("table8", table8.BLOCKS, tmp_path, *args, "--max-failures", "0",
+               cache=digits_cache) == 1
+    row = rows.read_trials(tmp_path / "results")
+    assert row["status"].item() == "error" and "died" in row["error"].item()
+    assert row["epoch"].item() == 1                       # the last report before the crash
+    assert list(rows.read_curves(tmp_path / "results")["status"]) == ["error"]
+    assert run("table8", table8.BLOCKS, tmp_path, "--only", "cifar10-", "--dm-layers", "0",
+               "--dry-run", cache=digits_cache) == 0
+    assert "1 trials, 0 reused, 1 to run" in capsys.readouterr().out
+
+
 def test_driver_killed_mid_sweep_then_resume_reruns_nothing_finished(local_ray, digits_cache,
                                                                       tmp_path):
     argv = ["--smoke-test", "--only", "cifar10-", "--storage", str(tmp_path / "storage"),
@@ -112,3 +126,15 @@ def test_search_mode_writes_rows(local_ray, digits_cache, tmp_path):
     trials = rows.read_trials(tmp_path / "r")
     assert len(trials) == 2 and set(trials["table"]) == {"search"}
     assert trials["mix_prob"].between(0.1, 0.9).all() and trials["mix_prob"].is_unique
+
+
+@pytest.mark.gpu
+def test_fractional_gpu_trial_runs_on_cuda(local_ray, digits_cache, tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available() or not local_ray.cluster_resources().get("GPU"):
+        pytest.skip("needs CUDA and a Ray that sees the GPU")
+    assert run("table8", table8.BLOCKS, tmp_path, "--only", "cifar10-", "--dm-layers", "1",
+               "--gpus-per-trial", "0.25", cache=digits_cache) == 0
+    trial = rows.read_trials(tmp_path / "results")
+    assert trial["status"].item() == "ok" and trial["device"].item() == "cuda"
+    assert trial["device_name"].item() != "cpu" and trial["gpu_seconds"].item() > 0
