@@ -159,9 +159,10 @@ def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[st
     cfg = TrainConfig.from_dict(params["config"])
     gpus = params["run"]["gpus"][cfg.teacher]
     row = rows.trial_row(table, trial_id, cfg, metrics, error=error, gpus=gpus)
-    results.write([row], results_dir, rows.TRIALS)
+    # Curves first: a trials row (what readers and resume look for) implies its curves exist.
     results.write(rows.curve_rows(table, trial_id, cfg, curves, status=row["status"],
-                                       gpus=gpus), results_dir, rows.CURVES)
+                                  gpus=gpus), results_dir, rows.CURVES)
+    results.write([row], results_dir, rows.TRIALS)
     log.info("%s %s: %s top1=%.2f (best-epoch %.2f)", table, trial_id, row["status"],
              row["top1"], row["best_top1"])
 
