@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
     p.add_argument("--batch-size", type=int, default=200)
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp-bf16", action="store_true")
     p.add_argument("--teacher", default="resnet20_cifar10")
     args = p.parse_args()

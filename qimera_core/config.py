@@ -90,7 +90,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
     num_threads: int = 0                 # torch intra-op threads; 0 = all CPUs this process may use
-    channels_last: bool = False          # CUDA only: NHWC memory format
+    channels_last: bool = True           # NHWC memory format (faster convs on CPU and GPU)
     amp_bf16: bool = False               # CUDA only: bf16 autocast for teacher/generator forwards
 
     def __post_init__(self) -> None:

@@ -66,7 +66,7 @@ def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.
         p.requires_grad_(True)
     student.eval()
     generator = build_generator(cfg, spec, teacher).to(device).train()
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last:
         for m in (teacher, student, generator):
             m.to(memory_format=torch.channels_last)
     return teacher, student, generator
@@ -138,7 +138,7 @@ class Trial:
         with self.autocast:
             images = g.generate(lat)
             mark("generator_fwd")
-            if cfg.channels_last and self.device.type == "cuda":
+            if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             t_logits, bns = self.teacher_bn(images)
         mark("teacher_fwd")
