@@ -219,7 +219,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "from its checkpoints; finished trials are not rerun")
     g = p.add_argument_group("Ray and resources")
     g.add_argument("--address", default=None,
-                   help="Ray cluster to join (e.g. auto); default: start a local Ray")
+                   help="Ray cluster to join (e.g. auto); default: the cluster this node runs "
+                        "($RAY_ADDRESS or `ray start`), else a private local Ray; "
+                        "'local' forces a private one")
     g.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     g.add_argument("--cpus-per-trial", type=int, default=1,
                    help="CPUs per trial, and the trainer's thread count (default 1)")
@@ -286,15 +288,34 @@ def prepare_all(configs: Sequence[TrainConfig]) -> None:
 
 
 # ---- Ray ---------------------------------------------------------------------------------------
+def running_cluster() -> str | None:
+    """The Ray cluster this node belongs to, if any: $RAY_ADDRESS, or the one `ray start` (run
+    by `ray up` on a cluster head) recorded in Ray's temp dir. `ray submit` runs the sweep
+    script on the head, so this is how it joins the cluster without `--address`."""
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"]
+    marker = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    return "auto" if marker.is_file() else None
+
+
 def start_ray(args: argparse.Namespace) -> None:
-    """Join --address, or start a local Ray (unless this process runs one already, as in tests)."""
+    """Join --address, or the cluster this node runs, or start a private local Ray (unless this
+    process runs one already, as in tests). `--address local` always starts a private one."""
     if ray.is_initialized():
         return
-    if args.address:
-        ray.init(address=args.address)
-    else:
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=args.dashboard,
-                 dashboard_host="127.0.0.1")
+    address = args.address or running_cluster()
+    if address and address != "local":
+        log.info("joining the Ray cluster at %s (pass --address local for a private Ray)",
+                 address)
+        try:
+            ray.init(address=address)
+            return
+        except ConnectionError as e:
+            if args.address:
+                raise
+            log.warning("no running Ray cluster at %s (%s); starting a local one", address, e)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=args.dashboard,
+             dashboard_host="127.0.0.1")
 
 
 def gpus_by_teacher(configs: Sequence[TrainConfig], args: argparse.Namespace

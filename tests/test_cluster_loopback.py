@@ -256,9 +256,11 @@ def test_ray_up_submit_table9_smoke_down(loopback_sshd: Sshd, tmp_path: Path) ->
     try:
         _run([str(RAY), "up", "-y", str(yaml_path)], tmp_path, 240, env=env)
         up = True
-        _run([str(RAY), "submit", str(yaml_path), "sweeps/table9.py", "--", "--smoke-test",
-              "--address", "auto", "--storage", str(storage), "--results", str(out)],
-             tmp_path, 420, env=env)
+        # The user's command as the README gives it: no --address, the sweep finds the cluster.
+        sub = _run([str(RAY), "submit", str(yaml_path), "sweeps/table9.py", "--",
+                    "--smoke-test", "--storage", str(storage), "--results", str(out)],
+                   tmp_path, 420, env=env)
+        assert "joining the Ray cluster" in sub.stdout + sub.stderr, sub.stderr[-3000:]
         trials = results.read(out, "trials")
         assert len(trials) > 0, f"no trial rows in {out}"
         assert set(trials["status"]) == {"ok"}, trials[["status", "error"]].to_string()

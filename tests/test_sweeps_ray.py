@@ -138,3 +138,16 @@ def test_fractional_gpu_trial_runs_on_cuda(local_ray, digits_cache, tmp_path):
     trial = rows.read_trials(tmp_path / "results")
     assert trial["status"].item() == "ok" and trial["device"].item() == "cuda"
     assert trial["device_name"].item() != "cpu" and trial["gpu_seconds"].item() > 0
+
+
+def test_running_cluster_is_found_from_env_or_ray_start_marker(monkeypatch, tmp_path):
+    from sweeps import launch
+
+    monkeypatch.setattr(launch.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert launch.running_cluster() is None
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379")
+    assert launch.running_cluster() == "auto"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert launch.running_cluster() == "10.0.0.1:6379"
