@@ -100,8 +100,8 @@ def _cell_stats(g: pd.DataFrame | None, metric: str, seeds: int) -> dict:
     elif n:
         status, reason = "partial", f"n={n} of {seeds}" + (f"; {problems}" if problems else "")
     else:
-        status = "error" if (bad["status"] == "error").any() else (
-            "diverged" if len(bad) else "no value")
+        status = next((s for s in ("error", "diverged", "stopped") if (bad["status"] == s).any()),
+                      "no value")
         reason = problems or f"ok rows but {metric} is missing"
     mixed = [f for f in COMPARED_FIELDS if f in ok and ok[f].astype(str).nunique() > 1]
     return dict(mean=vals.mean() if n else math.nan,

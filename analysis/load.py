@@ -28,7 +28,7 @@ _MODELS = {"resnet20_cifar10": "ResNet-20", "resnet20_cifar100": "ResNet-20",
 # Registry names of the DSG-comparison models vary (pytorchcv vs torchvision), so match prefixes.
 _MODEL_PREFIXES = (("inception", "InceptionV3"), ("sqnxt", "SqueezeNext"),
                    ("squeezenext", "SqueezeNext"), ("shufflenet", "ShuffleNet"))
-_STATUS_RANK = {"error": 0, "diverged": 1, "ok": 2}  # which row of a config_hash wins
+_STATUS_RANK = {"error": 0, "stopped": 1, "diverged": 1, "ok": 2}  # which row of a config_hash wins
 
 
 class AnalysisError(ValueError):

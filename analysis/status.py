@@ -7,13 +7,13 @@ import pandas as pd
 
 from .load import Results, in_table
 
-_COUNTS = ("ok", "error", "diverged", "running")
+_COUNTS = ("ok", "error", "diverged", "stopped", "running")
 
 
 def _row(name: str, trials: pd.DataFrame, running: pd.DataFrame) -> dict:
     counts = trials["status"].value_counts()
     return {"table": name, "trials": len(trials) + len(running),
-            **{s: int(counts.get(s, 0)) for s in _COUNTS[:3]}, "running": len(running),
+            **{s: int(counts.get(s, 0)) for s in _COUNTS[:-1]}, "running": len(running),
             "gpu_hours": trials["gpu_seconds"].fillna(0).sum() / 3600,
             "wall_hours": (trials["wall_time_s"].fillna(0).sum()
                            + running["wall_time_s"].fillna(0).sum()) / 3600,
@@ -39,9 +39,9 @@ def summary(results: Results) -> pd.DataFrame:
 
 
 def status_line(results: Results) -> str:
-    """'12 trials: 10 ok, 1 error, 1 diverged, 2 running; 0.42 GPU-h, 1.3 h wall'."""
+    """'12 trials: 10 ok, 1 error, 1 diverged, 0 stopped, 2 running; 0.42 GPU-h, 1.3 h wall'."""
     s = summary(results).iloc[-1]
-    return (f"{s['trials']} trials: {s['ok']} ok, {s['error']} error, {s['diverged']} diverged, "
+    return (f"{s['trials']} trials: {s['ok']} ok, {s['error']} error, {s['diverged']} diverged, {s['stopped']} stopped, "
             f"{s['running']} running; {s['gpu_hours']:.2f} GPU-h, {s['wall_hours']:.2f} h wall")
 
 

@@ -29,7 +29,7 @@ RUN_COLUMNS = ("schema_version", "table", "trial_id", "config_hash", "status", "
 METRICS = ("epoch", "top1", "top5", "best_top1", "best_epoch", "teacher_top1", "start_top1",
            "wall_time_s", "step_time_s", "loss_g", "loss_g_ce", "loss_bns", "loss_s", "loss_kd",
            "loss_s_ce", "diverged")
-STATUSES = ("ok", "error", "diverged")
+STATUSES = ("ok", "error", "diverged", "stopped")  # stopped: ended early by a scheduler (ASHA)
 
 
 def columns() -> list[str]:

@@ -377,10 +377,10 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
     for res in result_grid:
         trial_id = res.metrics.get("trial_id") or _trial_id_from_path(res.path)
         error = str(res.error)[-4000:] if res.error else ""
-        cfg_hash = TrainConfig.from_dict(res.config["config"]).config_hash
-        if not rows.is_recorded(results_dir, trial_id, cfg_hash):
+        cfg = TrainConfig.from_dict(res.config["config"])
+        if not rows.is_recorded(results_dir, trial_id, cfg.config_hash):
             write_trial(table, results_dir, trial_id, res.config, res.metrics, error)
-        status = rows.status_of(res.metrics, error)
+        status = rows.status_of(res.metrics, error, cfg.epochs)
         counts[status] = counts.get(status, 0) + 1
     print(f"{table}: {sum(counts.values())} trials in the experiment: "
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

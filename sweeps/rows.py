@@ -20,15 +20,19 @@ log = logging.getLogger(__name__)
 
 # Statuses whose trial is done: rerunning it with the same config hash would compute it again.
 # ("diverged" is a result too: the same seed diverges again.) "error" rows are rerun.
-FINISHED = ("ok", "diverged")
+FINISHED = ("ok", "diverged", "stopped")
 TRIALS, CURVES = "trials", "curves"
 
 
-def status_of(metrics: Mapping[str, Any], error: str) -> str:
+def status_of(metrics: Mapping[str, Any], error: str, epochs: int) -> str:
+    """error | diverged | stopped (a scheduler ended it before `epochs`) | ok."""
     if error:
         return "error"
     diverged = metrics.get("diverged")
-    return "diverged" if diverged is not None and not _isnan(diverged) and diverged else "ok"
+    if diverged is not None and not _isnan(diverged) and diverged:
+        return "diverged"
+    done = metrics.get("epoch")
+    return "stopped" if done is None or _isnan(done) or done < epochs else "ok"
 
 
 def _isnan(v: Any) -> bool:
@@ -45,7 +49,7 @@ def trial_row(table: str, trial_id: str, cfg: TrainConfig, metrics: Mapping[str,
               error: str = "", gpus: float = 0.0) -> dict[str, Any]:
     """The trials-table row of one finished (or failed) trial, from its last report."""
     return results.make_row(cfg, metrics, table=table, trial_id=trial_id,
-                            status=status_of(metrics, error), error=error,
+                            status=status_of(metrics, error, cfg.epochs), error=error,
                             device_name=str(metrics.get("device_name", "")),
                             gpu_seconds=gpu_seconds(metrics, gpus))
 

@@ -230,3 +230,12 @@ def test_resources_storage_and_placement(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert storage_path("runs/s") == str(tmp_path / "runs" / "s")
     assert storage_path("s3://bucket/sweeps") == "s3://bucket/sweeps"
+
+
+def test_status_of_tells_ok_error_diverged_and_stopped_apart():
+    from sweeps.rows import status_of
+
+    assert status_of({"epoch": 3, "diverged": 0}, "", 3) == "ok"
+    assert status_of({"epoch": 3, "diverged": 0}, "Traceback ...", 3) == "error"
+    assert status_of({"epoch": 2, "diverged": 1}, "", 3) == "diverged"
+    assert status_of({"epoch": 1, "diverged": 0}, "", 3) == "stopped"   # ASHA ended it early
