@@ -153,3 +153,23 @@ def test_offline_default_preset_recovers_accuracy(tmp_path):
     assert m["teacher_top1"] > 97
     assert m["start_top1"] < m["teacher_top1"] - 20          # quantization really hurts
     assert m["top1"] > m["start_top1"] + 10                  # and training recovers a clear part
+
+
+def test_imagenet_path_mobilenetv2_cbn_relu6_conv_classifier(tmp_path):
+    """The ImageNet generator (class-conditional BN at 224 px) with a MobileNetV2 teacher:
+    ReLU6 quantizers, and embeddings extracted from its 1x1-conv classifier (method doc §2.6)."""
+    from qimera_core import quant
+    from qimera_core.generator import CondBatchNorm2d
+    from qimera_core.train import build_models
+
+    cfg = build("imagenet-mobilenetv2-4w4a", teacher_weights="random", eval_data="synthetic",
+                batch_size=4, epochs=1, steps_per_epoch=2, warmup_epochs=0,
+                act_range_epochs=1, eval_start_epoch=0, eval_batch_size=16, eval_limit=16,
+                device="cpu")
+    teacher, student, generator = build_models(cfg, torch.device("cpu"))
+    assert sum(isinstance(m, quant.QuantConv2d) for m in student.modules()) == 54
+    assert len(quant.act_quantizers(student)) == 36
+    assert isinstance(generator.bn1, CondBatchNorm2d)
+    assert torch.equal(generator.embeddings, models.classifier_weight(teacher))
+    final = train(cfg, tmp_path, report=lambda m, checkpoint_dir=None: None)
+    assert final["status"] == "ok" and math.isfinite(final["loss_s"])
