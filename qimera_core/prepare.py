@@ -164,9 +164,8 @@ def save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
             torch.save(state, f)
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the cache may be shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)   # gone after a successful replace; else clean up
 
 
 @contextlib.contextmanager
