@@ -170,7 +170,7 @@ class Trial:
                 "student": self.student.state_dict(), "generator": self.generator.state_dict(),
                 "opt_s": self.opt_s.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "rng": self.rng.get_state(), "coin": self.coin.get_state(),
-                "progress": {k: v for k, v in vars(progress).items()}}
+                "progress": dict(vars(progress))}
 
     def restore(self, state: Mapping[str, Any]) -> Progress:
         saved = TrainConfig.from_dict({**state["config"],
