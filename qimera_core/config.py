@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,7 +300,3 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
-
-
-def validate_all(configs: Sequence[Mapping[str, Any]]) -> list[TrainConfig]:
-    return [TrainConfig.from_dict(c) for c in configs]

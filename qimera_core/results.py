@@ -36,9 +36,6 @@ def columns() -> list[str]:
     return [*RUN_COLUMNS, *FIELDS, *METRICS]
 
 
-def curve_columns() -> list[str]:
-    return columns()  # one row per report; `epoch` tells them apart
-
 
 def make_row(cfg: TrainConfig, metrics: Mapping[str, Any], *, table: str, trial_id: str,
              status: str, error: str = "", device_name: str = "", gpu_seconds: float = 0.0,
