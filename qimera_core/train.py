@@ -312,9 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     try:
         prepare.ensure_ready(cfg)
-    except ValueError:
+    except ValueError as e:
         if not (cfg.teacher.startswith("digits") and cfg.teacher_weights == ""):
-            raise        # everything else needs `python -m qimera_core.prepare` (downloads)
+            # everything else needs `python -m qimera_core.prepare` (downloads)
+            print(f"python -m qimera_core.train: error: {e}", file=sys.stderr)
+            return 2
         log.info("first run: preparing %s into %s (offline)", cfg.teacher, cfg.cache)
         prepare.prepare(cfg)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -173,3 +173,11 @@ def test_imagenet_path_mobilenetv2_cbn_relu6_conv_classifier(tmp_path):
     assert torch.equal(generator.embeddings, models.classifier_weight(teacher))
     final = train(cfg, tmp_path, report=lambda m, checkpoint_dir=None: None)
     assert final["status"] == "ok" and math.isfinite(final["loss_s"])
+
+
+def test_cli_names_the_prepare_command_when_weights_are_missing(tmp_path, capsys):
+    code = main(["--teacher", "resnet20_cifar10", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "python -m qimera_core.prepare --teacher resnet20_cifar10" in err
+    assert not (tmp_path / "run").exists()          # nothing started, nothing written
