@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -86,12 +86,14 @@ def write(rows: Iterable[Mapping[str, Any]], directory: Path, stem: str) -> Path
     return path
 
 
-def read(directory: Path, stem: str) -> pd.DataFrame:
-    """All `stem-*.parquet` files in `directory` as one frame (empty frame if none)."""
+def read(directory: Path, stem: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """All `stem-*.parquet` files in `directory` as one frame (empty frame if none); only
+    `columns` when given, which keeps frequent look-ups cheap."""
     files = sorted(Path(directory).glob(f"{stem}-*.parquet"))
+    cols = list(columns) if columns else None
     if not files:
-        return to_frame([])
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        return to_frame([])[cols] if cols else to_frame([])
+    return pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
 
 
 _ENV: dict[str, str] | None = None

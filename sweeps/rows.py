@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
 
 from qimera_core import results
 from qimera_core.config import TrainConfig
@@ -67,12 +66,7 @@ def curve_rows(table: str, trial_id: str, cfg: TrainConfig, reports: Iterable[Ma
 
 def read_trials(results_dir: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Every trials row in `results_dir`; only `columns` when given (cheap look-ups)."""
-    files = sorted(Path(results_dir).glob(f"{TRIALS}-*.parquet"))
-    if not files:
-        return results.to_frame([])[list(columns) if columns else slice(None)]
-    frames = [pq.read_table(f, columns=list(columns) if columns else None).to_pandas()
-              for f in files]
-    return pd.concat(frames, ignore_index=True)
+    return results.read(Path(results_dir), TRIALS, columns)
 
 
 def read_curves(results_dir: Path) -> pd.DataFrame:
