@@ -41,11 +41,14 @@ def _caption(trained: checkpoint.Trained) -> str:
 
 
 @torch.no_grad()
-def _generate(gen: torch.nn.Module, labels: list[list[int]], weights: Tensor,
+def _generate(trained: checkpoint.Trained, labels: list[list[int]], weights: Tensor,
               noise: Tensor) -> Tensor:
-    """labels (B, K), weights (B, K) rows summing to 1, noise (B, K, D) -> images."""
+    """labels (B, K), weights (B, K) rows summing to 1, unit noise z (B, K, D) -> images
+    (z is scaled by the run's sigma, as training's sampler does)."""
     lab = torch.tensor(labels, dtype=torch.long)
-    return gen(lab, weights.float(), noise.float())
+    cfg = trained.cfg
+    sigma = cfg.noise_sigma if cfg.latent_input == "additive" else 1.0
+    return trained.generator(lab, weights.float(), sigma * noise.float())
 
 
 @torch.no_grad()
@@ -109,14 +112,14 @@ def _generated(trained: checkpoint.Trained, classes: int, per_class: int, pair: 
     g = torch.Generator().manual_seed(seed)
     a, b = pair
     plain_labels = [[c] for c in range(classes) for _ in range(per_class)]
-    plain = _generate(gen, plain_labels, torch.ones(len(plain_labels), 1),
+    plain = _generate(trained, plain_labels, torch.ones(len(plain_labels), 1),
                       torch.randn(len(plain_labels), 1, d, generator=g))
     lam = torch.rand(per_class, generator=g)
-    mixed = _generate(gen, [[a, b]] * per_class, torch.stack([lam, 1 - lam], 1),
+    mixed = _generate(trained, [[a, b]] * per_class, torch.stack([lam, 1 - lam], 1),
                       torch.randn(per_class, 2, d, generator=g))
     # Eq. 5 with z = 0: the path the superposed embedding takes from class b (λ=0) to a (λ=1)
     steps = torch.linspace(0, 1, 101, dtype=torch.float64)
-    path = _generate(gen, [[a, b]] * len(steps), torch.stack([steps, 1 - steps], 1),
+    path = _generate(trained, [[a, b]] * len(steps), torch.stack([steps, 1 - steps], 1),
                      torch.zeros(len(steps), 2, d))
     return {"plain": (_features(teacher, plain), np.array(plain_labels)[:, 0]),
             "mixed": (_features(teacher, mixed), lam.numpy()),
@@ -202,10 +205,10 @@ def figure6(trained: checkpoint.Trained, *, classes: int = 10, columns: int = 8,
     n, d = min(classes, gen.num_classes), gen.latent_dim
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(columns, d, generator=g)
-    plain = _generate(gen, [[c] for c in range(n) for _ in range(columns)],
+    plain = _generate(trained, [[c] for c in range(n) for _ in range(columns)],
                       torch.ones(n * columns, 1), z.repeat(n, 1).unsqueeze(1))
     shared = torch.randn(1, 1, d, generator=g).expand(n * n, 2, d)
-    pairs = _generate(gen, [[i, j] for i in range(n) for j in range(n)],
+    pairs = _generate(trained, [[i, j] for i in range(n) for j in range(n)],
                       torch.full((n * n, 2), 0.5), shared)
     fig = Figure(figsize=(12, 6.4), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)

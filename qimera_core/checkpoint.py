@@ -1,4 +1,5 @@
-"""One checkpoint file per trial, written atomically, and loading a trained trial back."""
+"""One checkpoint file per trial (a pack: all its members), written atomically, and loading a
+trained run back."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 from qimera_core.config import TrainConfig
 
 FILENAME = "state.pt"
-FORMAT = 1
+FORMAT = 2      # 2: per-member configs and progress, a pack's tensors stacked
 
 
 def save(ckpt_dir: Path, state: dict[str, Any]) -> Path:
@@ -53,13 +54,24 @@ class Trained:
     epoch: int
 
 
-def load_trained(ckpt_dir: Path, device: str | torch.device = "cpu") -> Trained:
-    """Rebuild teacher (FP, eval), quantized student and generator from a trial checkpoint."""
+def load_trained(ckpt_dir: Path, device: str | torch.device = "cpu", member: int = 0) -> Trained:
+    """Rebuild teacher (FP, eval), quantized student and generator of one run from its
+    checkpoint; `member` picks a run of a pack (its index in the pack's configs)."""
     from qimera_core.train import build_models   # train imports this module
 
     state = load(ckpt_dir)
-    cfg = TrainConfig.from_dict({**state["config"], "device": str(device)})
+    configs = state["configs"]
+    if not 0 <= member < len(configs):
+        raise ValueError(f"member {member} is not in this checkpoint's pack of {len(configs)}")
+    progress = state["progress"]
+    live = [i for i, p in enumerate(progress) if not p["diverged"]]
+    if member not in live:
+        raise ValueError(f"member {member} diverged at epoch {progress[member]['history'][-1]['epoch']}; "
+                         "the checkpoint keeps no state for it")
+    cfg = TrainConfig.from_dict({**configs[member], "device": str(device)})
     teacher, student, generator = build_models(cfg, torch.device(device))
-    student.load_state_dict(state["student"])
-    generator.load_state_dict(state["generator"])
+    row = live.index(member)
+    for module, key in ((student, "student"), (generator, "generator")):
+        sd = state[key]
+        module.load_state_dict({k: v[row] for k, v in sd.items()} if state["stacked"] else sd)
     return Trained(cfg, teacher, student, generator, int(state["epoch"]))

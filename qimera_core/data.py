@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -206,7 +206,9 @@ def digits_pixel_stats() -> tuple[float, float]:
 
 
 def _synthetic(cfg: TrainConfig, s: models.TeacherSpec) -> tuple[Tensor, Tensor, int, float]:
-    g = torch.Generator().manual_seed(cfg.seed)
+    # One fixed test set, like a real one: it does not move with the run's seed (so runs of
+    # different seeds, a pack's members too, are scored on the same images).
+    g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (SYNTHETIC_SIZE, *s.input_shape), generator=g,
                            dtype=torch.uint8)
     labels = torch.randint(0, s.num_classes, (SYNTHETIC_SIZE,), generator=g)
@@ -287,20 +289,29 @@ def load_eval(cfg: TrainConfig) -> EvalSet:
     return EvalSet(images, labels, n, norm, scale, cfg.eval_batch_size)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, evalset: EvalSet, device: str | torch.device,
              batch_size: int | None = None) -> dict[str, float]:
     """Top-1 and top-k accuracy in percent over all images, k = min(5, num_classes).
     The model is used in its current mode (call .eval() first for a teacher)."""
+    return evaluate_many(lambda x: model(x)[None], 1, evalset, device, batch_size)[0]
+
+
+@torch.inference_mode()
+def evaluate_many(forward: Callable[[Tensor], Tensor], members: int, evalset: EvalSet,
+                  device: str | torch.device, batch_size: int | None = None
+                  ) -> list[dict[str, float]]:
+    """`evaluate` for a pack: `forward(x)` gives every member's logits, (members, B, classes);
+    one accuracy dict per member."""
     k = min(5, evalset.num_classes)
-    correct1 = correctk = torch.zeros((), dtype=torch.long, device=device)
+    correct1 = correctk = torch.zeros(members, dtype=torch.long, device=device)
     n = 0
     for x, y in evalset.batches(batch_size, device):
-        topk = model(x).topk(k, dim=1).indices
-        hits = topk == y[:, None]
-        correct1 = correct1 + hits[:, 0].sum()
-        correctk = correctk + hits.any(dim=1).sum()
+        topk = forward(x).topk(k, dim=-1).indices            # (members, B, k)
+        hits = topk == y[None, :, None]
+        correct1 = correct1 + hits[..., 0].sum(-1)
+        correctk = correctk + hits.any(dim=-1).sum(-1)
         n += y.shape[0]
     if n == 0:
         raise ValueError("evaluation set is empty")
-    return {"top1": 100.0 * correct1.item() / n, "top5": 100.0 * correctk.item() / n}
+    return [{"top1": 100.0 * c1 / n, "top5": 100.0 * ck / n}
+            for c1, ck in zip(correct1.tolist(), correctk.tolist(), strict=True)]

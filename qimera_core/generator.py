@@ -18,40 +18,76 @@ _EPS = 1e-5
 
 @dataclass
 class Latents:
-    """One batch of generator inputs and the soft labels the teacher should assign to it."""
+    """One batch of generator inputs and the soft labels the teacher should assign to it.
+
+    A pack's latents carry a leading member dimension N on every field (see `stack_latents`).
+    """
 
     labels: Tensor          # (B, K) class indices
-    weights: Tensor         # (B, K) lambda, rows sum to 1
-    noise: Tensor           # (B, K, D)
+    weights: Tensor         # (B, K) lambda, rows sum to 1 (0 on padded slots)
+    noise: Tensor           # (B, K, D) sigma * z, the noise added to each class embedding
     targets: Tensor         # (B, C) soft labels: sum_k lambda_k onehot(y_k)
-    mixed: Tensor | None    # (B,) bool in per-sample mode; None = the whole batch is one kind
+    mixed: Tensor           # (B,) bool: superposed over K > 1 slots (standardised per slot, §3.4)
 
 
 def sample_latents(batch: int, num_classes: int, latent_dim: int, *, mix_prob: float,
                    mix_classes: int, mix_mode: str, rng: torch.Generator,
-                   coin: torch.Generator, device: torch.device) -> Latents:
+                   coin: torch.Generator, device: torch.device,
+                   noise_sigma: float = 1.0) -> Latents:
     """Labels uniform with replacement, lambda = softmax of Gaussian draws (method doc §3.4).
 
     `coin` is a CPU generator for the per-batch superposition decision (no device sync);
-    `rng` draws everything else on `device`.
+    `rng` draws everything else on `device`. The noise is scaled by `noise_sigma` here, so the
+    generator holds no per-run value besides its weights (packs stack generators).
     """
     superpose = mix_prob > 0 and (mix_mode == "sample"
                                   or torch.rand((), generator=coin).item() < mix_prob)
     k = mix_classes if superpose else 1
     labels = torch.randint(num_classes, (batch, k), generator=rng, device=device)
     noise = torch.randn(batch, k, latent_dim, generator=rng, device=device)
+    if noise_sigma != 1.0:
+        noise = noise_sigma * noise
     if k > 1:
         weights = torch.softmax(torch.randn(batch, k, generator=rng, device=device), dim=1)
     else:
         weights = torch.ones(batch, 1, device=device)
-    mixed = None
     if superpose and mix_mode == "sample":
         mixed = torch.rand(batch, generator=rng, device=device) < mix_prob
         # plain samples keep slot 0 only: weight 1 there, 0 elsewhere
         plain_w = F.one_hot(torch.zeros_like(labels[:, 0]), k).to(weights.dtype)
         weights = torch.where(mixed[:, None], weights, plain_w)
+    else:
+        mixed = torch.full((batch,), superpose, dtype=torch.bool, device=device)
+    if k == 1:                             # one slot: standardised per sample like a plain one
+        mixed = torch.zeros_like(mixed)
     targets = torch.zeros(batch, num_classes, device=device).scatter_add_(1, labels, weights)
     return Latents(labels, weights, noise, targets, mixed)
+
+
+def stack_latents(lats: list[Latents]) -> Latents:
+    """Members' latents as one pack batch with a leading member dimension N.
+
+    Members may superpose different numbers of slots (K, or 1 for a plain batch): slots are
+    padded to the largest with weight 0, so they add nothing to the superposition, the soft
+    labels or (being standardised on their own) to the other slots.
+    """
+    if len(lats) == 1:
+        lat = lats[0]
+        return Latents(lat.labels[None], lat.weights[None], lat.noise[None], lat.targets[None],
+                       lat.mixed[None])
+    k = max(lat.labels.shape[1] for lat in lats)
+
+    def pad(t: Tensor) -> Tensor:          # (B, k_i, ...) -> (B, k, ...), zeros appended
+        extra = k - t.shape[1]
+        if extra == 0:
+            return t
+        return torch.cat([t, t.new_zeros(t.shape[0], extra, *t.shape[2:])], dim=1)
+
+    return Latents(torch.stack([pad(lat.labels) for lat in lats]),
+                   torch.stack([pad(lat.weights) for lat in lats]),
+                   torch.stack([pad(lat.noise) for lat in lats]),
+                   torch.stack([lat.targets for lat in lats]),
+                   torch.stack([lat.mixed for lat in lats]))
 
 
 class CondBatchNorm2d(nn.Module):
@@ -84,6 +120,17 @@ def _standardize(u: Tensor, dims: tuple[int, ...]) -> Tensor:
     return (u - mean) * torch.rsqrt(var + _EPS)
 
 
+def _standardize_slots(u: Tensor, rows: Tensor) -> Tensor:
+    """Standardise each slot k of u (B, K, D) over the samples where `rows` (B,) is true and
+    all D coordinates (biased variance). Masked rather than indexed, so that it has one shape
+    whatever `rows` holds (vmap over a pack needs that)."""
+    m = rows.to(u.dtype)[:, None, None]                           # (B, 1, 1)
+    count = (m.sum() * u.shape[2]).clamp_min(1)
+    mean = (u * m).sum((0, 2), keepdim=True) / count               # (1, K, 1)
+    var = ((u - mean).square() * m).sum((0, 2), keepdim=True) / count
+    return (u - mean) * torch.rsqrt(var + _EPS)
+
+
 def _dm(in_dim: int, width: int, layers: int, activation: str) -> nn.Module:
     if layers == 0:
         return nn.Identity()
@@ -96,13 +143,12 @@ def _dm(in_dim: int, width: int, layers: int, activation: str) -> nn.Module:
 
 class Generator(nn.Module):
     def __init__(self, *, num_classes: int, latent_dim: int, img_size: int, channels: int,
-                 noise_sigma: float = 1.0, dm_layers: int = 1, dm_width: int = 100,
+                 dm_layers: int = 1, dm_width: int = 100,
                  dm_activation: str = "leaky_relu", embeddings: Tensor | None = None,
                  freeze_embeddings: bool = False, conditional_bn: bool = False,
                  latent_input: str = "additive", cbn_mix: str = "mean"):
         super().__init__()
         self.num_classes, self.latent_dim = num_classes, latent_dim
-        self.noise_sigma = noise_sigma
         self.latent_input = latent_input
         self.conditional_bn = conditional_bn
         emb = embeddings.detach().clone().float() if embeddings is not None \
@@ -132,16 +178,19 @@ class Generator(nn.Module):
         self.bn_out = nn.BatchNorm2d(channels, affine=False)
 
     # ---- latent -> trunk input --------------------------------------------------------------
-    def embed(self, labels: Tensor, weights: Tensor, noise: Tensor) -> Tensor:
-        """(B, K) labels, (B, K) lambda, (B, K, D) noise -> (B, trunk input)."""
+    def embed(self, labels: Tensor, weights: Tensor, noise: Tensor, mixed: Tensor) -> Tensor:
+        """(B, K) labels, (B, K) lambda, (B, K, D) noise, (B,) mixed -> (B, trunk input).
+
+        Plain samples are standardised per sample over D; superposed ones (`mixed`) per slot
+        over the superposed samples and D (§3.4). Both are computed and one is picked per
+        sample, so a batch of any mixture has one code path (and one shape under vmap).
+        """
         if self.latent_input == "multiplicative":     # original GDFQ: E[y] * z, no normaliser
             z = noise[:, 0]
             return z if self.conditional_bn else self.embeddings[labels[:, 0]] * z
-        u = self.embeddings[labels] + self.noise_sigma * noise          # (B, K, D)
-        if labels.shape[1] == 1:
-            v = _standardize(u, (2,))                # per sample, over D
-        else:
-            v = _standardize(u, (0, 2))              # per slot, over the batch and D (§3.4)
+        u = self.embeddings[labels] + noise                               # (B, K, D)
+        v = torch.where(mixed[:, None, None], _standardize_slots(u, mixed),
+                        _standardize(u, (2,)))
         return torch.einsum("bk,bkd->bd", weights, self.dm(v))   # superpose after DM
 
     def render(self, g: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
@@ -158,15 +207,11 @@ class Generator(nn.Module):
 
     def forward(self, labels: Tensor, weights: Tensor, noise: Tensor,
                 mixed: Tensor | None = None) -> Tensor:
+        """`noise` is sigma * z; `mixed` defaults to "superposed iff K > 1"."""
         if mixed is None:
-            g = self.embed(labels, weights, noise)
-        else:   # per-sample mode: plain and superposed samples normalise differently
-            g = torch.empty(labels.shape[0], self.fc.in_features, device=noise.device,
-                            dtype=noise.dtype)
-            g[mixed] = self.embed(labels[mixed], weights[mixed], noise[mixed])
-            plain = ~mixed
-            g[plain] = self.embed(labels[plain, :1], weights[plain, :1], noise[plain, :1])
-        return self.render(g, labels, weights)
+            mixed = torch.full(labels.shape[:1], labels.shape[1] > 1, dtype=torch.bool,
+                               device=labels.device)
+        return self.render(self.embed(labels, weights, noise, mixed), labels, weights)
 
     def generate(self, lat: Latents) -> Tensor:
         return self(lat.labels, lat.weights, lat.noise, lat.mixed)

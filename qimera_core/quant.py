@@ -39,7 +39,8 @@ def quantize_weight(w: Tensor, bits: int) -> Tensor:
     lo, hi = torch.aminmax(flat, dim=1)
     shape = (-1,) + (1,) * (w.dim() - 1)
     wq = fake_quant_reference(w.detach(), lo.view(shape), hi.view(shape), bits)
-    return w + (wq - w).detach() if w.requires_grad else wq
+    # (grad mode, not w.requires_grad: under a pack's vmap the weight reports no grad)
+    return w + (wq - w).detach() if torch.is_grad_enabled() else wq
 
 
 class _ActQuantSTE(torch.autograd.Function):
@@ -69,7 +70,13 @@ class QuantAct(nn.Module):
 
     While `calibrating`, every forward updates the range with the official recurrence
     (method doc §2.3) or a plain EMA, then quantizes with the updated range.
+
+    `packed` (set by `qimera_core.pack` on the template it vmaps over a pack's stacked
+    buffers), or float64 input: plain ops instead of the fused kernel (same values in float32),
+    and nothing cached on the module.
     """
+
+    packed = False
 
     def __init__(self, act: nn.Module, bits: int, *, mode: str = "official", beta: float = 0.9):
         super().__init__()
@@ -118,6 +125,13 @@ class QuantAct(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         qmax = 2**self.bits - 1
+        if self.packed or x.dtype == torch.float64:   # the fused kernel computes in float32
+            y = self.act(x)
+            if self.calibrating:
+                self._update_range(y)
+            scale, zp = qparams(self.lo, self.hi, self.bits)
+            fq = (torch.clamp(torch.round(y.detach() * (1.0 / scale)) + zp, 0, qmax) - zp) * scale
+            return fq + (y - y.detach())    # the fused kernel's value, a straight-through grad
         if self.calibrating:
             y = self.act(x)
             self._update_range(y)
@@ -136,10 +150,12 @@ class QuantAct(nn.Module):
 class QuantConv2d(nn.Conv2d):
     """Conv2d whose weights are fake-quantized per output channel on every forward.
 
-    In inference mode the quantized weight is cached until the weight changes.
+    In inference mode the quantized weight is cached until the weight changes (not when
+    `packed`: the weights are then a pack's stacked tensors, seen through vmap).
     """
 
     w_bits: int = 8
+    packed = False
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, _cached_weight(self), self.bias)
@@ -147,6 +163,7 @@ class QuantConv2d(nn.Conv2d):
 
 class QuantLinear(nn.Linear):
     w_bits: int = 8
+    packed = False
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, _cached_weight(self), self.bias)
@@ -154,7 +171,7 @@ class QuantLinear(nn.Linear):
 
 def _cached_weight(m: nn.Module) -> Tensor:
     w = m.weight
-    if torch.is_grad_enabled() and w.requires_grad:
+    if m.packed or (torch.is_grad_enabled() and w.requires_grad):
         return quantize_weight(w, m.w_bits)
     key = (w._version, w.data_ptr(), w.device)
     cache = m.__dict__.get("_wq_cache")
@@ -196,12 +213,19 @@ def act_quantizers(model: nn.Module) -> list[QuantAct]:
     return [m for m in model.modules() if isinstance(m, QuantAct)]
 
 
+def set_packed(model: nn.Module) -> None:
+    """Mark `model`'s quantizers as running under vmap over a pack's stacked state."""
+    for m in model.modules():
+        if isinstance(m, (QuantAct, QuantConv2d, QuantLinear)):
+            m.packed = True
+
+
 def set_calibration(model: nn.Module, enabled: bool) -> None:
     """Turn activation-range tracking on (ranges move every forward) or off (frozen)."""
     for q in act_quantizers(model):
         q.calibrating = enabled
         q._frozen = None
-        if not enabled:
+        if not enabled and not q.packed:
             with torch.no_grad():
                 q._qparams()      # cache the frozen range now, outside any inference_mode
 

@@ -23,8 +23,10 @@ from qimera_core.config import FIELDS, TrainConfig
 
 SCHEMA_VERSION = 1
 # What the driver knows about a trial.
+# pack_id: the Tune trial (one process) the run trained in; pack_size: how many runs it held.
 RUN_COLUMNS = ("schema_version", "table", "trial_id", "config_hash", "status", "error",
-               "git_sha", "versions", "device_name", "gpu_seconds", "finished_at")
+               "git_sha", "versions", "device_name", "gpu_seconds", "finished_at", "pack_id",
+               "pack_size")
 # What train() reports, once per epoch; the last report is the trial's result.
 METRICS = ("epoch", "top1", "top5", "best_top1", "best_epoch", "teacher_top1", "start_top1",
            "wall_time_s", "step_time_s", "loss_g", "loss_g_ce", "loss_bns", "loss_s", "loss_kd",
@@ -39,8 +41,10 @@ def columns() -> list[str]:
 
 def make_row(cfg: TrainConfig, metrics: Mapping[str, Any], *, table: str, trial_id: str,
              status: str, error: str = "", device_name: str = "", gpu_seconds: float = 0.0,
-             run_info: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """One trial as a flat dict with exactly `columns()` as keys."""
+             run_info: Mapping[str, str] | None = None, pack_id: str = "",
+             pack_size: int = 1) -> dict[str, Any]:
+    """One trial as a flat dict with exactly `columns()` as keys. A run trained alone is its
+    own pack (`pack_id` defaults to `trial_id`)."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     info = run_info or run_environment()
@@ -49,6 +53,7 @@ def make_row(cfg: TrainConfig, metrics: Mapping[str, Any], *, table: str, trial_
         "config_hash": cfg.config_hash, "status": status, "error": error,
         "git_sha": info["git_sha"], "versions": info["versions"], "device_name": device_name,
         "gpu_seconds": float(gpu_seconds), "finished_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        "pack_id": pack_id or trial_id, "pack_size": int(pack_size),
     }
     row.update({k: (list(v) if isinstance(v, tuple) else v)
                 for k, v in dataclasses.asdict(cfg).items()})
@@ -93,7 +98,28 @@ def read(directory: Path, stem: str, columns: Sequence[str] | None = None) -> pd
     cols = list(columns) if columns else None
     if not files:
         return to_frame([])[cols] if cols else to_frame([])
-    return pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
+    frames = [pd.read_parquet(f, columns=_present(f, cols)) for f in files]
+    return _fill_pack_columns(pd.concat(frames, ignore_index=True), cols)
+
+
+def _present(path: Path, cols: list[str] | None) -> list[str] | None:
+    """`cols` less the pack columns a file from before packs lacks."""
+    if cols is None or not set(cols) & {"pack_id", "pack_size"}:
+        return cols
+    import pyarrow.parquet as pq
+    names = set(pq.read_schema(path).names)
+    return [c for c in cols if c in names or c not in ("pack_id", "pack_size")]
+
+
+def _fill_pack_columns(df: pd.DataFrame, cols: list[str] | None) -> pd.DataFrame:
+    """Rows written before packs existed ran alone: pack_id = trial_id, pack_size = 1."""
+    if cols is None or "pack_id" in cols:
+        ids = df["trial_id"] if "trial_id" in df else ""
+        df["pack_id"] = df["pack_id"].fillna(ids) if "pack_id" in df else ids
+    if cols is None or "pack_size" in cols:
+        df["pack_size"] = (df["pack_size"].fillna(1) if "pack_size" in df else 1)
+        df["pack_size"] = df["pack_size"].astype("int64")
+    return df[cols] if cols else df
 
 
 _ENV: dict[str, str] | None = None

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qimera_core import checkpoint, data, models, prepare, quant, results
+from qimera_core import checkpoint, data, models, pack, prepare, quant, results
 from qimera_core.config import (PRESETS, RUN_ONLY_FIELDS, TrainConfig, add_config_flags, build,
                                 overrides_from_args)
-from qimera_core.generator import Generator, sample_latents
+from qimera_core.generator import Generator, Latents, sample_latents, stack_latents
 from qimera_core.losses import TeacherWithBNStats, kd_loss, soft_cross_entropy
 from qimera_core.report import Reporter, log_reporter
 
 log = logging.getLogger(__name__)
 _CHECK_EVERY = 10      # steps between finiteness checks of the losses (each check syncs a GPU)
-_LOSSES = ("loss_g", "loss_g_ce", "loss_bns", "loss_s", "loss_kd", "loss_s_ce")
+_G_LOSSES = ("loss_g", "loss_g_ce", "loss_bns")
+_LOSSES = (*_G_LOSSES, "loss_s", "loss_kd", "loss_s_ce")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,6 +56,12 @@ def _usable_cpus() -> int:
 
 def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module, Generator]:
     """Teacher (FP, eval, frozen), its quantized copy (eval mode throughout, §2.4), generator."""
+    teacher, student = build_networks(cfg, device)
+    return teacher, student, build_generator(cfg, models.spec(cfg.teacher), teacher, device)
+
+
+def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The teacher and its quantized copy: what every member of a pack shares or starts from."""
     spec = models.spec(cfg.teacher)
     teacher = models.load_teacher(cfg).to(device).eval()
     for p in teacher.parameters():
@@ -65,24 +72,33 @@ def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.
     for p in student.parameters():
         p.requires_grad_(True)
     student.eval()
-    generator = build_generator(cfg, spec, teacher).to(device).train()
     if cfg.channels_last:
-        for m in (teacher, student, generator):
+        for m in (teacher, student):
             m.to(memory_format=torch.channels_last)
-    return teacher, student, generator
+    return teacher, student
 
 
-def build_generator(cfg: TrainConfig, spec: models.TeacherSpec, teacher: nn.Module) -> Generator:
+def build_generator(cfg: TrainConfig, spec: models.TeacherSpec, teacher: nn.Module,
+                    device: torch.device | None = None,
+                    freeze_embeddings: bool | None = None) -> Generator:
+    """The run's generator, in train mode. Its initialisation depends on `cfg.seed` alone (the
+    global RNG is seeded here), so a pack member's generator equals the one it builds alone.
+    `freeze_embeddings=False` overrides the config (a pack freezes by masking gradients)."""
+    torch.manual_seed(cfg.seed)
     weight = models.classifier_weight(teacher)                  # (C, D)
     multiplicative = cfg.latent_input == "multiplicative"
     channels, height, _ = spec.input_shape
-    return Generator(
+    freeze = cfg.freeze_embeddings if freeze_embeddings is None else freeze_embeddings
+    g = Generator(
         num_classes=spec.num_classes, latent_dim=100 if multiplicative else weight.shape[1],
-        img_size=height, channels=channels, noise_sigma=cfg.noise_sigma,
+        img_size=height, channels=channels,
         dm_layers=cfg.dm_layers, dm_width=cfg.dm_width, dm_activation=cfg.dm_activation,
         embeddings=weight if cfg.emb_init == "extracted" else None,
-        freeze_embeddings=cfg.freeze_embeddings, conditional_bn=height >= 64,
-        latent_input=cfg.latent_input, cbn_mix=cfg.cbn_mix)
+        freeze_embeddings=freeze, conditional_bn=height >= 64,
+        latent_input=cfg.latent_input, cbn_mix=cfg.cbn_mix).to(device or weight.device).train()
+    if cfg.channels_last:
+        g.to(memory_format=torch.channels_last)
+    return g
 
 
 def _no_mark(_phase: str) -> None:
@@ -105,88 +121,152 @@ class Progress:
     best_epoch: int = 0
     wall_time_s: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    diverged: bool = False                # a loss became NaN/inf; history[-1] says when
 
 
 class Trial:
-    """The objects of one run, built once; `step()` is the hot path."""
+    """The objects of one run, or of a pack of runs that build the same shapes (a list of
+    configs, see `qimera_core.pack`), built once. `step()` is the hot path, one code for both.
 
-    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        torch.manual_seed(cfg.seed)
-        self.teacher, self.student, self.generator = build_models(cfg, device)
-        self.num_classes = models.spec(cfg.teacher).num_classes
+    Per member: its generator, student, optimizer state and activation ranges (stacked in a
+    pack), its own random streams, seeded as a lone run seeds them. Shared: the frozen teacher.
+    """
+
+    def __init__(self, cfg: TrainConfig | Sequence[TrainConfig], device: torch.device,
+                 stacked: bool | None = None) -> None:
+        self.cfgs = [cfg] if isinstance(cfg, TrainConfig) else list(cfg)
+        pack.check_packable(self.cfgs)
+        self.cfg, self.device = self.cfgs[0], device
+        self._squeeze = isinstance(cfg, TrainConfig)   # a lone config: 0-d losses from step()
+        spec = models.spec(self.cfg.teacher)
+        self.num_classes = spec.num_classes
+        self.teacher, student = build_networks(self.cfg, device)
         self.teacher_bn = TeacherWithBNStats(self.teacher)
-        self.opt_g = torch.optim.Adam([p for p in self.generator.parameters() if p.requires_grad],
-                                      lr=cfg.lr_generator, betas=(cfg.adam_beta1, cfg.adam_beta2))
-        self.opt_s = torch.optim.SGD(self.student.parameters(), lr=cfg.lr_student,
-                                     momentum=cfg.momentum, nesterov=True,
-                                     weight_decay=cfg.weight_decay)
-        self.rng = torch.Generator(device=device).manual_seed(cfg.seed)
-        self.coin = torch.Generator().manual_seed(cfg.seed + 1)
+        self._emb_mask: Tensor | None = None
+        if not (len(self.cfgs) > 1 if stacked is None else stacked):
+            self.student = student
+            self.generator = build_generator(self.cfg, spec, self.teacher, device)
+            self._s, self._g = pack.One(self.student), pack.One(self.generator)
+        else:
+            gens = [build_generator(c, spec, self.teacher, device, freeze_embeddings=False)
+                    for c in self.cfgs]
+            self._s = pack.Stack([student] * len(self.cfgs))
+            self._g = pack.Stack(gens)
+            self.student, self.generator = self._s, self._g
+            if any(c.freeze_embeddings for c in self.cfgs):   # zero gradient = Adam never moves
+                self._emb_mask = torch.tensor([[[0.0 if c.freeze_embeddings else 1.0]]
+                                               for c in self.cfgs], device=device)
+        self.latent_dim = self._g.template.latent_dim
+        self.opt_g, self.opt_s = self._adam(), self._sgd()
+        self.rngs = [torch.Generator(device=device).manual_seed(c.seed) for c in self.cfgs]
+        self.coins = [torch.Generator().manual_seed(c.seed + 1) for c in self.cfgs]
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                       enabled=cfg.amp_bf16 and device.type == "cuda")
+                                       enabled=self.cfg.amp_bf16 and device.type == "cuda")
+
+    @property
+    def size(self) -> int:
+        return len(self.cfgs)
+
+    def _adam(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.Adam([p for p in self._g.parameters() if p.requires_grad],
+                                lr=cfg.lr_generator, betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+    def _sgd(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        return torch.optim.SGD(self._s.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
+                               nesterov=True, weight_decay=cfg.weight_decay)
+
+    def sample(self) -> Latents:
+        """Each member's latents from its own streams, as one batch (N, B, ...)."""
+        return stack_latents([
+            sample_latents(c.batch_size, self.num_classes, self.latent_dim, mix_prob=c.mix_prob,
+                           mix_classes=c.mix_classes, mix_mode=c.mix_mode,
+                           noise_sigma=c.noise_sigma if c.latent_input == "additive" else 1.0,
+                           rng=rng, coin=coin, device=self.device)
+            for c, rng, coin in zip(self.cfgs, self.rngs, self.coins, strict=True)])
 
     def step(self, train_student: bool, calibrate: bool,
              mark: Callable[[str], None] | None = None) -> dict[str, Tensor]:
-        """One iteration; `mark(phase)` (benchmarks only) is called as each phase ends."""
-        cfg, g = self.cfg, self.generator
+        """One iteration of every member; losses per member, (N,) (0-d for a lone config).
+        `mark(phase)` (benchmarks only) is called as each phase ends."""
+        cfg, n = self.cfg, self.size
         mark = mark or _no_mark
-        lat = sample_latents(cfg.batch_size, self.num_classes, g.latent_dim,
-                             mix_prob=cfg.mix_prob, mix_classes=cfg.mix_classes,
-                             mix_mode=cfg.mix_mode, rng=self.rng, coin=self.coin,
-                             device=self.device)
+        lat = self.sample()
         with self.autocast:
-            images = g.generate(lat)
+            images = self._g(lat.labels, lat.weights, lat.noise, lat.mixed)   # (N, B, C, H, W)
             mark("generator_fwd")
+            flat = images.flatten(0, 1)        # the shared teacher sees one (N*B) batch
             if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            t_logits, bns = self.teacher_bn(images)
+                flat = flat.contiguous(memory_format=torch.channels_last)
+            t_logits, bns = self.teacher_bn(flat, n)
         mark("teacher_fwd")
+        t_logits = t_logits.view(n, -1, t_logits.shape[-1])                    # (N, B, classes)
         g_ce = soft_cross_entropy(t_logits, lat.targets)
         loss_g = g_ce + cfg.bns_weight * bns
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_g.sum().backward()    # a sum, so each member gets the gradient of its own loss
+        if self._emb_mask is not None:
+            self._g.params["embeddings"].grad.mul_(self._emb_mask)
         self.opt_g.step()
         mark("generator_bwd_step")
         out = {"loss_g": loss_g.detach(), "loss_g_ce": g_ce.detach(), "loss_bns": bns.detach()}
-        x = images.detach().float()       # the student must not push gradients into G
+        x = images.detach()               # the student must not push gradients into G
+        if x.dtype == torch.bfloat16:      # autocast: the student trains in float32
+            x = x.float()
         if train_student:
-            s_logits = self.student(x)
+            s_logits = self._s(x)
             kd = kd_loss(s_logits, t_logits.detach(), cfg.kd_temperature, cfg.kd_reduction)
             s_ce = soft_cross_entropy(s_logits, lat.targets)
             loss_s = cfg.kd_alpha * kd + s_ce
             self.opt_s.zero_grad(set_to_none=True)
-            loss_s.backward()
+            loss_s.sum().backward()
             self.opt_s.step()
             out.update(loss_s=loss_s.detach(), loss_kd=kd.detach(), loss_s_ce=s_ce.detach())
         elif calibrate:                    # warm-up: the forward only moves activation ranges
             with torch.no_grad():
-                self.student(x)
+                self._s(x)
         mark("student")
-        return out
+        return {k: v[0] for k, v in out.items()} if self._squeeze else out
 
-    def state(self, progress: Progress) -> dict[str, Any]:
-        return {"config": self.cfg.to_dict(), "epoch": progress.epoch,
-                "student": self.student.state_dict(), "generator": self.generator.state_dict(),
+    def set_calibration(self, enabled: bool) -> None:
+        quant.set_calibration(self._s.template, enabled)
+
+    def evaluate(self, evalset: data.EvalSet) -> list[dict[str, float]]:
+        """Every member's student on the test set: top-1/top-5 per member."""
+        return data.evaluate_many(self._s.shared, self.size, evalset, self.device)
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with the members at `rows` only (the others diverged)."""
+        n = self.size
+        self.cfgs = [self.cfgs[i] for i in rows]
+        self.rngs = [self.rngs[i] for i in rows]
+        self.coins = [self.coins[i] for i in rows]
+        if isinstance(self._g, pack.Stack):
+            self._g.keep(rows)
+            self._s.keep(rows)
+            self.opt_g = pack.slice_optimizer(self.opt_g, rows, n, self._adam)
+            self.opt_s = pack.slice_optimizer(self.opt_s, rows, n, self._sgd)
+            if self._emb_mask is not None:
+                self._emb_mask = self._emb_mask[rows]
+
+    def state(self) -> dict[str, Any]:
+        """Model, optimizer and RNG state of the live members (a pack's tensors stacked)."""
+        return {"stacked": isinstance(self._g, pack.Stack),
+                "student": self._s.state_dict(), "generator": self._g.state_dict(),
                 "opt_s": self.opt_s.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "rng": self.rng.get_state(), "coin": self.coin.get_state(),
-                "progress": dict(vars(progress))}
+                "rngs": [g.get_state() for g in self.rngs],
+                "coins": [g.get_state() for g in self.coins]}
 
-    def restore(self, state: Mapping[str, Any]) -> Progress:
-        saved = TrainConfig.from_dict({**state["config"],
-                                       **{k: getattr(self.cfg, k) for k in RUN_ONLY_FIELDS}})
-        if saved != self.cfg:
-            diff = {k: (v, getattr(self.cfg, k)) for k, v in saved.to_dict().items()
-                    if v != getattr(self.cfg, k)}
-            raise ValueError(f"checkpoint was written by a different config (saved, now): {diff}; "
-                             "resume with the same settings or start a new out_dir")
-        self.student.load_state_dict(state["student"])
-        self.generator.load_state_dict(state["generator"])
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._s.load_state_dict(state["student"])
+        self._g.load_state_dict(state["generator"])
         self.opt_s.load_state_dict(state["opt_s"])
         self.opt_g.load_state_dict(state["opt_g"])
-        self.rng.set_state(state["rng"])
-        self.coin.set_state(state["coin"])
-        return Progress(**state["progress"])
+        for g, s in zip(self.rngs, state["rngs"], strict=True):
+            g.set_state(s)
+        for g, s in zip(self.coins, state["coins"], strict=True):
+            g.set_state(s)
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -207,78 +287,154 @@ def train(cfg: TrainConfig, out_dir: Path, report: Reporter = log_reporter,
     Returns the last epoch's metrics plus `status` ("ok", or "diverged" when a loss became
     NaN/inf; the run stops there and keeps its last good checkpoint).
     """
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoint"
+    def one(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
+        report(metrics["members"][0], checkpoint_dir=checkpoint_dir)
+
+    return train_pack([cfg], out_dir, report=one, resume_from=resume_from)[0]
+
+
+def train_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_reporter,
+               resume_from: Path | None = None) -> list[dict[str, Any]]:
+    """Train a pack (configs that build the same shapes, see `qimera_core.pack`) in this process,
+    writing only inside `out_dir`. A pack of one is a plain run (no vmap).
+
+    Each epoch `report` gets the pack's summary (`epoch`, `top1` = mean over the members
+    evaluated, `top1_min`, `top1_max`, `live`) and `members`: every member's latest metrics, in
+    the order of `cfgs` (a diverged member's stay at its last report, `diverged` = 1). A member
+    whose loss becomes NaN/inf is dropped from the pack; the others go on. Returns each
+    member's last metrics plus `status` ("ok" or "diverged").
+    """
+    cfgs = list(cfgs)
+    pack.check_packable(cfgs)
+    cfg = cfgs[0]
+    ckpt_dir = Path(out_dir) / "checkpoint"
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.num_threads or _usable_cpus())
     prepare.ensure_ready(cfg)                       # fail before any expensive work
-    trial = Trial(cfg, device)
+    saved = checkpoint.load(resume_from) if resume_from is not None else None
+    progs = _check_saved(saved, cfgs) if saved else [Progress() for _ in cfgs]
+    live = [i for i, p in enumerate(progs) if not p.diverged]
+    trial = Trial([cfgs[i] for i in live], device,
+                  stacked=saved["stacked"] if saved else None) if live else None
     evalset = data.load_eval(cfg)
-    if resume_from is not None:
-        prog = trial.restore(checkpoint.load(resume_from))   # CPU: RNG states stay CPU tensors
-        log.info("resumed from %s at epoch %d", resume_from, prog.epoch)
+    if saved is not None:
+        if trial is not None:
+            trial.restore(saved)
+        log.info("resumed from %s at epoch %d", resume_from, saved["epoch"])
     else:
-        prog = Progress(teacher_top1=data.evaluate(trial.teacher, evalset, device)["top1"])
-    if prog.epoch >= cfg.epochs and prog.history:
-        return {**prog.history[-1], "status": "ok"}
-    metrics: dict[str, Any] = {}
-    for epoch in range(prog.epoch, cfg.epochs):
+        teacher_top1 = data.evaluate(trial.teacher, evalset, device)["top1"]
+        for p in progs:
+            p.teacher_top1 = teacher_top1
+    start = saved["epoch"] if saved else 0
+    for epoch in range(start, cfg.epochs):
+        if trial is None:
+            break
         t0 = time.perf_counter()
         for opt, base in ((trial.opt_s, cfg.lr_student), (trial.opt_g, cfg.lr_generator)):
             _set_lr(opt, base * lr_factor(cfg, epoch))
         calibrate = epoch < cfg.act_range_epochs
         train_student = epoch >= cfg.warmup_epochs
-        quant.set_calibration(trial.student, calibrate)
-        sums = {k: torch.zeros((), device=device) for k in _LOSSES}
-        diverged = False
+        trial.set_calibration(calibrate)
+        sums = {k: torch.zeros(trial.size, device=device) for k in _LOSSES}
+        steps = 0
         for i in range(cfg.steps_per_epoch):
             for k, v in trial.step(train_student, calibrate).items():
                 sums[k] += v
+            steps += 1
             if (i + 1) % _CHECK_EVERY == 0 or i + 1 == cfg.steps_per_epoch:
-                if not bool(torch.isfinite(sum(sums.values()))):
-                    diverged = True
-                    break
-        quant.set_calibration(trial.student, False)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_s = time.perf_counter() - t0
-        steps = i + 1
-        losses = {k: float(v) / steps for k, v in sums.items()}
-        if not train_student:
-            losses.update(loss_s=math.nan, loss_kd=math.nan, loss_s_ce=math.nan)
-        prog.wall_time_s += train_s
-        if diverged:
-            metrics = _diverged(prog, epoch, losses, train_s / steps)
-            log.error("epoch %d: a loss became NaN/inf (%s); stopping, the last good checkpoint "
-                      "stays in %s", epoch + 1, _fmt(losses), ckpt_dir)
-            report(metrics, checkpoint_dir=ckpt_dir if checkpoint.exists(ckpt_dir) else None)
-            trial.teacher_bn.close()
-            return {**metrics, "status": "diverged"}
-        acc = {"top1": math.nan, "top5": math.nan}
-        if _evaluated(cfg, epoch):
-            acc = data.evaluate(trial.student, evalset, device)
+                finite = torch.isfinite(torch.stack(list(sums.values()))).all(0).tolist()
+                if not all(finite):                                  # one sync per check
+                    step_s = (time.perf_counter() - t0) / steps
+                    for j in (j for j, ok in enumerate(finite) if not ok):
+                        losses = {k: float(v[j]) / steps if train_student or k in _G_LOSSES
+                                  else math.nan for k, v in sums.items()}
+                        _diverge(progs[live[j]], epoch, losses, step_s * steps, step_s, ckpt_dir)
+                    rows = [j for j, ok in enumerate(finite) if ok]
+                    live = [live[j] for j in rows]
+                    if not live:
+                        trial.teacher_bn.close()
+                        trial = None
+                        break
+                    trial.keep(rows)
+                    sums = {k: v[rows] for k, v in sums.items()}
+        if trial is not None:
+            _finish_epoch(trial, [progs[i] for i in live], epoch, sums, steps, evalset, t0,
+                          train_student)
+            checkpoint.save(ckpt_dir, {"epoch": epoch + 1, **trial.state(),
+                                       "configs": [c.to_dict() for c in cfgs],
+                                       "progress": [dict(vars(p)) for p in progs]})
+        report(_pack_metrics(progs, epoch + 1),
+               checkpoint_dir=ckpt_dir if checkpoint.exists(ckpt_dir) else None)
+    if trial is not None:
+        trial.teacher_bn.close()
+    return [{**(p.history[-1] if p.history else {}), "status": "diverged" if p.diverged else "ok"}
+            for p in progs]
+
+
+def _check_saved(saved: Mapping[str, Any], cfgs: Sequence[TrainConfig]) -> list[Progress]:
+    """The members' progress from a checkpoint, after checking it was written by `cfgs`."""
+    run_only = {k: getattr(cfgs[0], k) for k in RUN_ONLY_FIELDS}
+    was = [TrainConfig.from_dict({**d, **run_only}) for d in saved["configs"]]
+    if was != list(cfgs):
+        diff = [{k: (v, getattr(now, k)) for k, v in old.to_dict().items() if v != getattr(now, k)}
+                for old, now in zip(was, cfgs, strict=False)]
+        raise ValueError(f"checkpoint was written by different configs (saved, now): {diff}, "
+                         f"{len(was)} saved vs {len(cfgs)} now; resume with the same settings "
+                         "or start a new out_dir")
+    return [Progress(**p) for p in saved["progress"]]
+
+
+def _finish_epoch(trial: Trial, progs: list[Progress], epoch: int, sums: dict[str, Tensor],
+                  steps: int, evalset: data.EvalSet, t0: float, train_student: bool) -> None:
+    """Evaluate the live members (when scheduled) and append each one's epoch metrics."""
+    cfg = trial.cfg
+    trial.set_calibration(False)
+    if trial.device.type == "cuda":
+        torch.cuda.synchronize(trial.device)
+    train_s = time.perf_counter() - t0
+    evaluated = _evaluated(cfg, epoch)
+    accs = trial.evaluate(evalset) if evaluated else [None] * len(progs)
+    eval_s = time.perf_counter() - t0 - train_s
+    means = {k: (v / steps).tolist() for k, v in sums.items()}
+    for j, (prog, acc) in enumerate(zip(progs, accs, strict=True)):
+        losses = {k: means[k][j] if train_student or k in _G_LOSSES else math.nan
+                  for k in _LOSSES}
+        acc = acc or {"top1": math.nan, "top5": math.nan}
+        if evaluated:
             if epoch + 1 == cfg.warmup_epochs:
                 prog.start_top1 = acc["top1"]   # before any student update
             if not acc["top1"] < prog.best_top1:  # ties move to the later epoch; NaN start
                 prog.best_top1, prog.best_epoch = acc["top1"], epoch + 1
-        prog.wall_time_s += time.perf_counter() - t0 - train_s
+        prog.wall_time_s += train_s + eval_s
         prog.epoch = epoch + 1
-        metrics = {"epoch": epoch + 1, **acc, "best_top1": prog.best_top1,
-                   "best_epoch": prog.best_epoch, "teacher_top1": prog.teacher_top1,
-                   "start_top1": prog.start_top1, "wall_time_s": prog.wall_time_s,
-                   "step_time_s": train_s / steps, **losses, "diverged": 0}
-        prog.history.append(metrics)
-        checkpoint.save(ckpt_dir, trial.state(prog))
-        report(metrics, checkpoint_dir=ckpt_dir)
-    trial.teacher_bn.close()
-    return {**metrics, "status": "ok"}
+        prog.history.append({"epoch": epoch + 1, **acc, "best_top1": prog.best_top1,
+                             "best_epoch": prog.best_epoch, "teacher_top1": prog.teacher_top1,
+                             "start_top1": prog.start_top1, "wall_time_s": prog.wall_time_s,
+                             "step_time_s": train_s / steps, **losses, "diverged": 0})
 
 
-def _diverged(prog: Progress, epoch: int, losses: dict[str, float], step_s: float) -> dict:
-    return {"epoch": epoch + 1, "top1": math.nan, "top5": math.nan, "best_top1": prog.best_top1,
-            "best_epoch": prog.best_epoch, "teacher_top1": prog.teacher_top1,
-            "start_top1": prog.start_top1, "wall_time_s": prog.wall_time_s,
-            "step_time_s": step_s, **losses, "diverged": 1}
+def _diverge(prog: Progress, epoch: int, losses: dict[str, float], train_s: float,
+             step_s: float, ckpt_dir: Path) -> None:
+    prog.diverged = True
+    prog.wall_time_s += train_s
+    prog.history.append({"epoch": epoch + 1, "top1": math.nan, "top5": math.nan,
+                         "best_top1": prog.best_top1, "best_epoch": prog.best_epoch,
+                         "teacher_top1": prog.teacher_top1, "start_top1": prog.start_top1,
+                         "wall_time_s": prog.wall_time_s, "step_time_s": step_s, **losses,
+                         "diverged": 1})
+    log.error("epoch %d: a loss became NaN/inf (%s); this run stops, its last good checkpoint "
+              "stays in %s", epoch + 1, _fmt(losses), ckpt_dir)
+
+
+def _pack_metrics(progs: Sequence[Progress], epoch: int) -> dict[str, Any]:
+    """The pack's report: a summary over the members evaluated this epoch, and each member."""
+    members = [dict(p.history[-1]) if p.history else {} for p in progs]
+    top1 = [m["top1"] for m in members
+            if m.get("epoch") == epoch and not m.get("diverged") and not math.isnan(m["top1"])]
+    stat = (lambda f: f(top1) if top1 else math.nan)
+    return {"epoch": epoch, "top1": stat(lambda t: sum(t) / len(t)), "top1_min": stat(min),
+            "top1_max": stat(max), "live": sum(not p.diverged for p in progs),
+            "members": members}
 
 
 def _fmt(d: Mapping[str, float]) -> str:

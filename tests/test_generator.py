@@ -12,10 +12,11 @@ def make(**kw):
     return Generator(**args)
 
 
-def latents(k, mode="batch", p=1.0, batch=6, d=16):
+def latents(k, mode="batch", p=1.0, batch=6, d=16, sigma=1.0):
     return sample_latents(batch, 5, d, mix_prob=p, mix_classes=k, mix_mode=mode,
                           rng=torch.Generator().manual_seed(0),
-                          coin=torch.Generator().manual_seed(1), device=torch.device("cpu"))
+                          coin=torch.Generator().manual_seed(1), device=torch.device("cpu"),
+                          noise_sigma=sigma)
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -70,26 +71,45 @@ def test_per_sample_mode_mixes_within_a_batch():
 
 
 def test_plain_latent_is_standardized_per_sample_and_superposed_per_slot():
-    g = make(dm_layers=0, noise_sigma=0.5)
-    lat = latents(1)
-    v = g.embed(lat.labels, lat.weights, lat.noise)
+    g = make(dm_layers=0)
+    lat = latents(1, sigma=0.5)
+    assert not lat.mixed.any()
+    v = g.embed(lat.labels, lat.weights, lat.noise, lat.mixed)
     torch.testing.assert_close(v.mean(1), torch.zeros(6), atol=1e-5, rtol=0)
     torch.testing.assert_close(v.var(1, unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
-    lat = latents(2)
-    u = g.embeddings[lat.labels] + 0.5 * lat.noise                     # (B, K, D)
+    lat = latents(2, sigma=0.5)
+    assert lat.mixed.all()
+    u = g.embeddings[lat.labels] + lat.noise                            # (B, K, D)
     mu = u.mean((0, 2), keepdim=True)
     var = u.var((0, 2), unbiased=False, keepdim=True)
     expect = ((u - mu) / torch.sqrt(var + 1e-5) * lat.weights[..., None]).sum(1)
-    torch.testing.assert_close(g.embed(lat.labels, lat.weights, lat.noise), expect)
+    torch.testing.assert_close(g.embed(lat.labels, lat.weights, lat.noise, lat.mixed), expect)
 
 
-def test_sigma_changes_the_latent():
-    lat = latents(1)
-    a = make(dm_layers=0, noise_sigma=0.25).embed(lat.labels, lat.weights, lat.noise)
-    torch.manual_seed(0)
-    g = make(dm_layers=0, noise_sigma=2.0)
-    g.embeddings.data = make(dm_layers=0).embeddings.data
-    assert not torch.allclose(a, g.embed(lat.labels, lat.weights, lat.noise))
+def test_per_sample_mode_standardizes_the_superposed_samples_among_themselves():
+    g = make(dm_layers=0)
+    lat = latents(3, mode="sample", p=0.5, batch=32)
+    mixed = lat.mixed
+    u = g.embeddings[lat.labels] + lat.noise
+    sub = u[mixed]
+    slot = (sub - sub.mean((0, 2), keepdim=True)) / torch.sqrt(
+        sub.var((0, 2), unbiased=False, keepdim=True) + 1e-5)
+    own = u[~mixed, :1]
+    own = (own - own.mean(2, keepdim=True)) / torch.sqrt(own.var(2, unbiased=False,
+                                                                 keepdim=True) + 1e-5)
+    v = g.embed(lat.labels, lat.weights, lat.noise, mixed)
+    torch.testing.assert_close(v[mixed], (slot * lat.weights[mixed][..., None]).sum(1))
+    torch.testing.assert_close(v[~mixed], own[:, 0])
+
+
+def test_sigma_scales_the_noise_and_changes_the_latent():
+    one, quarter = latents(1), latents(1, sigma=0.25)
+    assert torch.equal(quarter.labels, one.labels)
+    torch.testing.assert_close(quarter.noise, 0.25 * one.noise, rtol=0, atol=0)
+    g = make(dm_layers=0)
+    a = g.embed(one.labels, one.weights, one.noise, one.mixed)
+    b = g.embed(quarter.labels, quarter.weights, quarter.noise, quarter.mixed)
+    assert (a - b).abs().max() > 0.1
 
 
 def test_frozen_embeddings_are_not_parameters():
@@ -124,5 +144,5 @@ def test_cbn_mean_vs_sum():
 def test_multiplicative_gdfq_input():
     g = make(dm_layers=0, latent_input="multiplicative")
     lat = latents(1)
-    torch.testing.assert_close(g.embed(lat.labels, lat.weights, lat.noise),
+    torch.testing.assert_close(g.embed(lat.labels, lat.weights, lat.noise, lat.mixed),
                                g.embeddings[lat.labels[:, 0]] * lat.noise[:, 0])
