@@ -105,6 +105,7 @@ class Stack:
         self.params, self.buffers = stack_module_state(list(modules))
         self.template = copy.deepcopy(modules[0]).to("meta")
         quant.set_packed(self.template)
+        _swap_global_pools(self.template)
         self.keys = list(modules[0].state_dict())         # persistent state, in module order
         self.size = len(modules)
         self._each = vmap(self._forward)
@@ -155,6 +156,22 @@ class Stack:
                        for k, v in self.params.items()}
         self.buffers = {k: v[rows].clone() for k, v in self.buffers.items()}
         self.size = len(rows)
+
+
+class _GlobalAvgPool(nn.Module):
+    """AdaptiveAvgPool2d(1) as a mean: the same numbers, and unlike adaptive_avg_pool2d on a
+    channels-last input it has a vmap batching rule (no per-member fallback loop)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((-2, -1), keepdim=True)
+
+
+def _swap_global_pools(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+            setattr(module, name, _GlobalAvgPool())
+        else:
+            _swap_global_pools(child)
 
 
 def slice_optimizer(opt: torch.optim.Optimizer, rows: list[int], size: int,

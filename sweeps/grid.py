@@ -18,6 +18,7 @@ from qimera_core.config import FIELD_NAMES, FIELDS, PRESETS, RUN_ONLY_FIELDS, Tr
 log = logging.getLogger(__name__)
 
 SMOKE_PRESET = "digits-smoke"
+OFFLINE_PRESET = "digits-offline"
 # What a trial's method is. --smoke-test keeps these from the table (and every swept axis) and
 # replaces the rest (teacher, data, bits, schedule) with the offline SMOKE_PRESET.
 METHOD_FIELDS = frozenset({
@@ -122,14 +123,21 @@ def select(blocks: Sequence[Block], only: Sequence[str]) -> list[Block]:
     return picked
 
 
-def smoke(block: Block) -> Block:
-    """The same block on the offline digits setting: method fields and swept axes stay,
-    teacher, data, bits and schedule come from the SMOKE_PRESET (others back to defaults)."""
+def smoke(block: Block, preset: str = SMOKE_PRESET) -> Block:
+    """The same block on an offline digits setting: method fields and swept axes stay,
+    teacher, data, bits and schedule come from `preset` (others back to defaults)."""
     keep = METHOD_FIELDS | set(block.grid) | set(RUN_ONLY_FIELDS)
     base = block.base_dict()
     setting = {k: f.default for k, f in FIELDS.items() if k not in keep}
-    setting.update({k: v for k, v in PRESETS[SMOKE_PRESET].items() if k not in keep})
+    setting.update({k: v for k, v in PRESETS[preset].items() if k not in keep})
     return dataclasses.replace(block, base={**base, **setting})
+
+
+def first_setting(blocks: Sequence[Block]) -> list[Block]:
+    """The blocks of the table's first setting: rows named `<setting>/<variant>` share one
+    (the main table's GDFQ and Qimera rows of one preset); other rows stand alone."""
+    head = blocks[0].row.split("/")[0]
+    return [b for b in blocks if b.row.split("/")[0] == head]
 
 
 def override(block: Block, overrides: Mapping[str, Any]) -> Block:
@@ -154,12 +162,18 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def plan(blocks: Sequence[Block], *, seeds: int, only: Sequence[str] = (),
-         smoke_test: bool = False, overrides: Mapping[str, Any] | None = None
-         ) -> list[TrainConfig]:
-    """All trials of a table as validated, unique TrainConfigs, in launch order (seed-major)."""
+         smoke_test: bool = False, offline: bool = False,
+         overrides: Mapping[str, Any] | None = None) -> list[TrainConfig]:
+    """All trials of a table as validated, unique TrainConfigs, in launch order (seed-major).
+
+    `smoke_test`: the first block on the tiny digits-smoke schedule (a pipeline check).
+    `offline`: the first setting's blocks on the digits-offline schedule (a small real study).
+    """
     chosen = select(blocks, only)
     if smoke_test:
         chosen = [smoke(chosen[0])]
+    elif offline:
+        chosen = [smoke(b, OFFLINE_PRESET) for b in first_setting(chosen)]
     chosen = [override(b, overrides or {}) for b in chosen]
     if seeds < 1:
         raise GridError(f"--seeds must be >= 1, got {seeds}")

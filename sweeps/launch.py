@@ -34,7 +34,15 @@ log = logging.getLogger(__name__)
 # digits-size trial leaves most of a modern GPU idle, so four share one; ImageNet takes one.
 SMALL_TRIAL_GPUS = 0.25
 IMAGENET_TRIAL_GPUS = 1.0
-PROGRESS_METRICS = ("epoch", "top1", "best_top1", "loss_s", "step_time_s")
+# A pack's row in Tune's table: top1 is the mean over its members, min and max beside it.
+PROGRESS_METRICS = ("epoch", "top1", "top1_min", "top1_max", "live", "step_time_s")
+# --pack auto (see auto_pack_size and the README): CPU packs pay only for small inputs
+# (bench/pack_throughput.py: digits 8x8 gains, the CIFAR 32x32 step is compute-bound and loses),
+# up to MAX_CPU_PACK members; GPU packs of up to GPU_PACK CIFAR-size runs fill one GPU.
+MAX_CPU_PACK = 24
+CPU_PACK_MAX_PIXELS = 16
+GPU_PACK = 8
+GPU_PACK_MAX_PIXELS = 32
 
 
 # ---- inside a trial (runs in a Ray worker) ---------------------------------------------------
@@ -69,32 +77,48 @@ def _claim_device(cfg: TrainConfig, gpus: float) -> str:
     return "cpu"
 
 
-def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) -> None:
-    """Tune's function trainable: one TrainConfig through the core train(), resumable.
+def pack_configs(params: Mapping[str, Any]) -> list[TrainConfig]:
+    """The runs of one Tune trial: a table's pack ({"pack": {"configs": [...]}}) or search
+    mode's single sampled config ({"config": {...}})."""
+    if "pack" in params:
+        return [TrainConfig.from_dict(d) for d in params["pack"]["configs"]]
+    return [TrainConfig.from_dict(params["config"])]
 
-    `finished`: config hashes with a finished row in --results. A restored trial among them
-    (its driver was killed after it ended, before Tune's experiment state said so) ends at once.
+
+def pack_gpus(params: Mapping[str, Any]) -> float:
+    """GPUs a Tune trial asks for: its runs' per-run share times their number, at most one
+    GPU (a pack of small runs fills one GPU instead of sharing it between processes)."""
+    cfgs = pack_configs(params)
+    share = params["run"]["gpus"][cfgs[0].teacher]
+    return share if len(cfgs) == 1 else min(1.0, share * len(cfgs))
+
+
+def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) -> None:
+    """Tune's function trainable: one pack of TrainConfigs through the core train_pack(),
+    resumable.
+
+    `finished`: config hashes with a finished row in --results. A restored trial whose runs are
+    all among them (its driver was killed after it ended, before Tune's experiment state said
+    so) ends at once.
     """
-    from qimera_core.train import train  # torch loads in trials, not before the grid is checked
-    cfg = TrainConfig.from_dict(params["config"])
-    if cfg.config_hash in finished:
+    from qimera_core.train import train_pack   # torch loads in trials, not before the grid check
+    cfgs = pack_configs(params)
+    if all(c.config_hash in finished for c in cfgs):
         return
     run = params["run"]
-    reporter = TuneReporter(_claim_device(cfg, run["gpus"][cfg.teacher]),
+    reporter = TuneReporter(_claim_device(cfgs[0], pack_gpus(params)),
                             run.get("fail_once_at_epoch", 0),
                             Path(tune.get_context().get_trial_dir()) / ".failed-once")
     resume = tune.get_checkpoint()
-    # train()'s own checkpoint folder is scratch: Tune copies each reported one to storage.
+    # train_pack()'s own checkpoint folder is scratch: Tune copies each reported one to storage.
     with (tempfile.TemporaryDirectory(prefix="qimera-trial-") as out_dir,
           resume.as_directory() if resume else contextlib.nullcontext() as resume_dir):
-        train(cfg, Path(out_dir), report=reporter,
-              resume_from=Path(resume_dir) if resume_dir else None)
+        train_pack(cfgs, Path(out_dir), report=reporter,
+                   resume_from=Path(resume_dir) if resume_dir else None)
 
 
 def trial_resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
-    run = params["run"]
-    return tune.PlacementGroupFactory(
-        [{"CPU": run["cpus"], "GPU": run["gpus"][params["config"]["teacher"]]}])
+    return tune.PlacementGroupFactory([{"CPU": params["run"]["cpus"], "GPU": pack_gpus(params)}])
 
 
 def trainable(finished: frozenset[str] = frozenset()) -> Any:
@@ -104,23 +128,26 @@ def trainable(finished: frozenset[str] = frozenset()) -> Any:
 
 # ---- in the driver ---------------------------------------------------------------------------
 class ResultsWriter(tune.Callback):
-    """Appends a trials row (and the trial's curves) to `--results` as each trial ends.
+    """Appends trials rows (and curves) to `--results` as each Tune trial ends: one row per run
+    of its pack, each with its own config hash.
 
-    Curves are buffered per running trial and saved with Tune's experiment state, so a driver
-    that is killed and resumed loses none; an epoch replayed after a restore is kept once.
+    Curves are buffered per running trial and run, and saved with Tune's experiment state, so a
+    driver that is killed and resumed loses none; an epoch replayed after a restore is kept once.
     """
 
     def __init__(self, table: str, results_dir: Path) -> None:
         self.table = table
         self.results_dir = results_dir
-        self._curves: dict[str, dict[int, dict[str, Any]]] = {}
+        self._curves: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        if "epoch" in result:
-            keep = {k: result[k] for k in (*results.METRICS, "device_name", "time_total_s")
-                    if k in result}
-            self._curves.setdefault(trial.trial_id, {})[int(result["epoch"])] = keep
+        pack_wide = {k: result[k] for k in ("device_name", "time_total_s") if k in result}
+        curves = self._curves.setdefault(trial.trial_id, {})
+        for i, member in enumerate(result.get("members", ())):
+            if "epoch" in member:
+                keep = {k: member[k] for k in results.METRICS if k in member}
+                curves.setdefault(i, {})[int(member["epoch"])] = {**keep, **pack_wide}
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, error="")
@@ -136,11 +163,10 @@ class ResultsWriter(tune.Callback):
 
     def _write(self, trial: Any, error: str) -> None:
         curves = self._curves.pop(trial.trial_id, {})
-        cfg_hash = TrainConfig.from_dict(trial.config["config"]).config_hash
-        if rows.is_recorded(self.results_dir, trial.trial_id, cfg_hash):
+        if rows.pack_recorded(self.results_dir, trial.trial_id, pack_configs(trial.config)):
             return                                   # written before a driver restart
         write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
-                    trial.last_result or {}, error, curves.values())
+                    trial.last_result or {}, error, curves)
 
 
 def _error_text(trial: Any) -> str:
@@ -155,30 +181,62 @@ def _error_text(trial: Any) -> str:
 
 
 def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[str, Any],
-                metrics: Mapping[str, Any], error: str, curves: Any = ()) -> None:
-    cfg = TrainConfig.from_dict(params["config"])
-    gpus = params["run"]["gpus"][cfg.teacher]
-    row = rows.trial_row(table, trial_id, cfg, metrics, error=error, gpus=gpus)
+                metrics: Mapping[str, Any], error: str,
+                curves: Mapping[int, Mapping[int, Mapping[str, Any]]] | None = None) -> None:
+    """The rows of one Tune trial: per run of its pack, a trials row and its curve rows
+    (`curves`: run index -> epoch -> metrics)."""
+    cfgs = pack_configs(params)
+    n = len(cfgs)
+    share = pack_gpus(params) / n                     # each run's part of the pack's GPUs
+    members = list(metrics.get("members") or [])
+    pack_wide = {k: metrics[k] for k in ("device_name", "time_total_s") if k in metrics}
+    trial_rows, curve_rows = [], []
+    for i, cfg in enumerate(cfgs):
+        run_id = rows.member_id(trial_id, i, n)
+        last = {**(members[i] if i < len(members) else {}), **pack_wide}
+        row = rows.trial_row(table, run_id, cfg, last, error=error, gpus=share,
+                             pack_id=trial_id, pack_size=n)
+        trial_rows.append(row)
+        curve_rows += rows.curve_rows(table, run_id, cfg, (curves or {}).get(i, {}).values(),
+                                      status=row["status"], gpus=share, pack_id=trial_id,
+                                      pack_size=n)
+        log.info("%s %s: %s top1=%.2f (best-epoch %.2f)", table, run_id, row["status"],
+                 row["top1"], row["best_top1"])
     # Curves first: a trials row (what readers and resume look for) implies its curves exist.
-    results.write(rows.curve_rows(table, trial_id, cfg, curves, status=row["status"],
-                                  gpus=gpus), results_dir, rows.CURVES)
-    results.write([row], results_dir, rows.TRIALS)
-    log.info("%s %s: %s top1=%.2f (best-epoch %.2f)", table, trial_id, row["status"],
-             row["top1"], row["best_top1"])
+    results.write(curve_rows, results_dir, rows.CURVES)
+    results.write(trial_rows, results_dir, rows.TRIALS)
 
 
 class TrialDirName:
-    """Trial folder names that say what the trial is: `<trial_id>--mix_prob=0.4_seed=0`."""
+    """Trial folder names that say what the trial is: `<trial_id>--mix_prob=0.4_seed=0`, and
+    for a pack `<trial_id>--pack6--mix_prob=0.1-0.85_seed=0`."""
 
     def __init__(self, axes: Sequence[str]) -> None:
         self.axes = [*axes, "seed"]
 
     def __call__(self, trial: Any) -> str:
-        cfg = trial.config["config"]
-        tags = "_".join(f"{a}={cfg[a]:.4g}" if isinstance(cfg[a], float) else f"{a}={cfg[a]}"
-                        for a in self.axes if a in cfg)
+        cfgs = [c.to_dict() for c in pack_configs(trial.config)]
+        tags = "_".join(f"{a}={_span([c[a] for c in cfgs])}" for a in self.axes if a in cfgs[0])
         safe = "".join(c if c.isalnum() or c in "._=-" else "-" for c in tags)
-        return f"{trial.trial_id}--{safe}"[:120]
+        size = f"pack{len(cfgs)}--" if len(cfgs) > 1 else ""
+        return f"{trial.trial_id}--{size}{safe}"[:120]
+
+
+def _span(values: Sequence[Any]) -> str:
+    """One value, or the smallest and largest of a pack's values."""
+    fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
+    distinct = sorted(set(values), key=str) if not all(
+        isinstance(v, (int, float)) for v in values) else sorted(set(values))
+    return fmt(distinct[0]) if len(distinct) == 1 else f"{fmt(distinct[0])}-{fmt(distinct[-1])}"
+
+
+def pack_label(cfgs: Sequence[TrainConfig], axes: Sequence[str]) -> str:
+    """What Tune's table shows for a pack: each swept key with the members' values."""
+    parts = []
+    for a in (*axes, "seed"):
+        values = sorted({getattr(c, a) for c in cfgs}, key=lambda v: (str(type(v)), v))
+        parts.append(f"{a}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}")
+    return " ".join(parts)
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -191,6 +249,9 @@ def build_parser(table: str, doc: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--smoke-test", action="store_true",
                    help="the first block's axes, one seed, on the offline digits-smoke setting: "
                         "the whole pipeline in minutes on a laptop")
+    g.add_argument("--offline", action="store_true",
+                   help="the first setting's rows (all their cells), 3 seeds, on the offline "
+                        "digits-offline schedule: a small real study on a laptop, no internet")
     g.add_argument("--seeds", type=int, default=None,
                    help="seeds per cell (default 3; 1 with --smoke-test)")
     g.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
@@ -228,6 +289,11 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gpus-per-trial", type=float, default=None,
                    help=f"GPUs per trial (default when the cluster has GPUs: {SMALL_TRIAL_GPUS} "
                         f"for CIFAR/digits, {IMAGENET_TRIAL_GPUS:g} for ImageNet; else 0)")
+    g.add_argument("--pack", type=_pack_flag, default=None, metavar="N|auto|off",
+                   help="train up to N compatible trials (same shapes, different p, K, sigma, "
+                        "seed...) together in one process and one Tune trial; auto (default "
+                        "for tables) picks N from the device, see the README; off = 1. "
+                        "Search mode always runs trials alone")
     g.add_argument("--max-concurrent", type=int, default=0,
                    help="at most this many trials at once (default 0: as resources allow)")
     g.add_argument("--max-failures", type=int, default=3,
@@ -241,6 +307,55 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fail-once-at-epoch", type=int, default=0, metavar="N",
                    help="testing: each trial kills its own process once after epoch N, and "
                         "must recover from its checkpoint")
+
+
+def _pack_flag(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pack takes a number, auto or off, got {text!r}"
+                                         ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--pack N needs N >= 1 (1 = off), got {n}")
+    return n
+
+
+def auto_pack_size(cfg: TrainConfig, count: int, gpus: float, slots: int) -> int:
+    """--pack auto: members per pack for `count` compatible trials like `cfg`.
+
+    GPU: up to GPU_PACK runs of at most 32x32 pixels share one GPU in one pack (ImageNet runs
+    stay alone). CPU: packing pays only for tiny inputs (at most 16x16, the digits setting);
+    the trials are spread over the `slots` trials that run at once, up to MAX_CPU_PACK each,
+    so that every core has work.
+    """
+    from qimera_core import models
+    pixels = models.spec(cfg.teacher).input_shape[1]
+    if gpus > 0:
+        return min(count, GPU_PACK) if pixels <= GPU_PACK_MAX_PIXELS else 1
+    if pixels > CPU_PACK_MAX_PIXELS:
+        return 1
+    return max(1, min(MAX_CPU_PACK, -(-count // max(1, slots))))
+
+
+def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
+               gpus: Mapping[str, float]) -> list[list[TrainConfig]]:
+    """Group the trials still to run into packs of compatible configs (qimera_core.pack)."""
+    from qimera_core import pack
+    flag = "auto" if args.pack is None else args.pack
+    if flag == "off":
+        return [[c] for c in todo]
+    if isinstance(flag, int):
+        return pack.group(todo, flag)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, args.cpus_per_trial))
+    if args.max_concurrent:
+        slots = min(slots, args.max_concurrent)
+    packs = []
+    for same in pack.group(todo, len(todo)):          # one list per compatible kind
+        size = auto_pack_size(same[0], len(same), gpus[same[0].teacher], slots)
+        packs += pack.group(same, size)
+    return packs
 
 
 def storage_path(storage: str) -> str:
@@ -260,8 +375,11 @@ def check_overrides(overrides: Mapping[str, Any]) -> None:
 def plan_trials(blocks: Sequence[Block], args: argparse.Namespace) -> list[TrainConfig]:
     overrides = overrides_from_args(args)
     check_overrides(overrides)
+    if args.smoke_test and args.offline:
+        raise GridError("--smoke-test and --offline are two different settings; pick one")
     seeds = args.seeds if args.seeds is not None else (1 if args.smoke_test else 3)
     return grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
+                     offline=args.offline,
                      overrides=overrides)
 
 
@@ -322,7 +440,7 @@ def gpus_by_teacher(configs: Sequence[TrainConfig], args: argparse.Namespace
                     ) -> dict[str, float]:
     """GPUs a trial asks for, by teacher. --smoke-test runs on the CPU unless told otherwise."""
     flag = args.gpus_per_trial
-    if flag is None and args.smoke_test:
+    if flag is None and (args.smoke_test or getattr(args, "offline", False)):
         flag = 0.0
     have_gpus = flag is None and ray.cluster_resources().get("GPU", 0) > 0
     return {c.teacher: default_gpus(c, flag, have_gpus) for c in configs}
@@ -344,7 +462,7 @@ def place(cfg: TrainConfig, gpus: Mapping[str, float], cpus: int) -> TrainConfig
 
 def _quiet_tune(args: argparse.Namespace) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")   # the classic table shows our columns
-    if getattr(args, "smoke_test", False):              # seconds-long epochs snapshot often
+    if getattr(args, "smoke_test", False) or getattr(args, "offline", False):   # short epochs
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
@@ -354,9 +472,12 @@ def launch(table: str, name: str, space: dict[str, Any], axes: Sequence[str],
     _quiet_tune(args)
     print(f"{table}: experiment {args.storage}/{name}; if interrupted, continue it with "
           f"--resume {name}")
-    reporter = tune.CLIReporter(parameter_columns={f"config/{a}": a for a in (*axes, "seed")},
+    columns = ({"pack/size": "runs", "pack/label": "values"} if "pack" in space
+               else {f"config/{a}": a for a in (*axes, "seed")})
+    reporter = tune.CLIReporter(parameter_columns=columns,
                                 metric_columns=list(PROGRESS_METRICS),
-                                max_report_frequency=10 if args.smoke_test else 60)
+                                max_report_frequency=10 if args.smoke_test
+                                else 30 if getattr(args, "offline", False) else 60)
     run_config = tune.RunConfig(
         name=name, storage_path=args.storage,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
@@ -377,12 +498,14 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
     for res in result_grid:
         trial_id = res.metrics.get("trial_id") or _trial_id_from_path(res.path)
         error = str(res.error)[-4000:] if res.error else ""
-        cfg = TrainConfig.from_dict(res.config["config"])
-        if not rows.is_recorded(results_dir, trial_id, cfg.config_hash):
+        cfgs = pack_configs(res.config)
+        if not rows.pack_recorded(results_dir, trial_id, cfgs):
             write_trial(table, results_dir, trial_id, res.config, res.metrics, error)
-        status = rows.status_of(res.metrics, error, cfg.epochs)
-        counts[status] = counts.get(status, 0) + 1
-    print(f"{table}: {sum(counts.values())} trials in the experiment: "
+        members = list(res.metrics.get("members") or [])
+        for i, cfg in enumerate(cfgs):
+            status = rows.status_of(members[i] if i < len(members) else {}, error, cfg.epochs)
+            counts[status] = counts.get(status, 0) + 1
+    print(f"{table}: {sum(counts.values())} runs in the experiment: "
           + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f"; rows in {results_dir}")
     return 1 if counts.get("error") else 0
@@ -430,7 +553,8 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
                         datefmt="%H:%M:%S")
     parser = build_parser(table, doc)
     args = parser.parse_args(argv)
-    prefix = f"{table}-smoke" if args.smoke_test else table
+    prefix = (f"{table}-smoke" if args.smoke_test else f"{table}-offline" if args.offline
+              else table)
     try:
         configs = plan_trials(blocks, args)            # every trial validated; no Ray yet
         args.storage = storage_path(args.storage)
@@ -451,11 +575,24 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
     prepare_all(todo)
     start_ray(args)
     gpus = gpus_by_teacher(todo, args)
-    space = {"config": tune.grid_search([place(c, gpus, args.cpus_per_trial).to_dict()
-                                         for c in todo]),
+    packs = plan_packs(todo, args, gpus)
+    print(f"{table}: {len(todo)} trials in {len(packs)} packs "
+          f"({', '.join(f'{n} x {k}' for k, n in sorted(_sizes(packs).items(), reverse=True))})")
+    space = {"pack": tune.grid_search([
+                {"size": len(p), "label": pack_label(p, axes),
+                 "configs": [place(c, gpus, args.cpus_per_trial).to_dict() for c in p]}
+                for p in packs]),
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
     return launch(table, experiment_name(args, prefix), space, axes, args, results_dir)
+
+
+def _sizes(packs: Sequence[Sequence[TrainConfig]]) -> dict[int, int]:
+    """{pack size: how many packs}."""
+    sizes: dict[int, int] = {}
+    for p in packs:
+        sizes[len(p)] = sizes.get(len(p), 0) + 1
+    return sizes
 
 
 # ---- search mode (sweeps.search) ---------------------------------------------------------------
@@ -484,6 +621,9 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
         except GridError as err:
             print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
             return 2
+    if args.pack not in (None, "off", 1):
+        print("sweeps.search: search mode trains every trial alone (ASHA stops trials one by "
+              "one, and each sample is proposed from the results before it); --pack is ignored")
     base = grid.absolute_paths(base)
     prepare_all([base])
     start_ray(args)

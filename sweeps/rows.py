@@ -44,23 +44,33 @@ def gpu_seconds(metrics: Mapping[str, Any], gpus: float) -> float:
     return float(wall) * gpus
 
 
+def member_id(pack_id: str, index: int, size: int) -> str:
+    """A run's trial_id: the Tune trial's id when it trained alone, else `<id>_m<index>`."""
+    return pack_id if size == 1 else f"{pack_id}_m{index}"
+
+
 def trial_row(table: str, trial_id: str, cfg: TrainConfig, metrics: Mapping[str, Any], *,
-              error: str = "", gpus: float = 0.0) -> dict[str, Any]:
-    """The trials-table row of one finished (or failed) trial, from its last report."""
+              error: str = "", gpus: float = 0.0, pack_id: str = "",
+              pack_size: int = 1) -> dict[str, Any]:
+    """The trials-table row of one finished (or failed) run, from its last report. `gpus` is
+    the run's share: its pack's GPUs divided by the pack's size."""
     return results.make_row(cfg, metrics, table=table, trial_id=trial_id,
                             status=status_of(metrics, error, cfg.epochs), error=error,
                             device_name=str(metrics.get("device_name", "")),
-                            gpu_seconds=gpu_seconds(metrics, gpus))
+                            gpu_seconds=gpu_seconds(metrics, gpus), pack_id=pack_id,
+                            pack_size=pack_size)
 
 
 def curve_rows(table: str, trial_id: str, cfg: TrainConfig, reports: Iterable[Mapping[str, Any]],
-               *, status: str, gpus: float = 0.0) -> list[dict[str, Any]]:
+               *, status: str, gpus: float = 0.0, pack_id: str = "",
+               pack_size: int = 1) -> list[dict[str, Any]]:
     """One curves row per epoch report; a repeated epoch (replayed after a restore) keeps
     the last report."""
     by_epoch = {int(r["epoch"]): r for r in reports if "epoch" in r}
     return [results.make_row(cfg, r, table=table, trial_id=trial_id, status=status,
                              device_name=str(r.get("device_name", "")),
-                             gpu_seconds=gpu_seconds(r, gpus))
+                             gpu_seconds=gpu_seconds(r, gpus), pack_id=pack_id,
+                             pack_size=pack_size)
             for _, r in sorted(by_epoch.items())]
 
 
@@ -94,6 +104,13 @@ def is_recorded(results_dir: Path, trial_id: str, config_hash: str) -> bool:
     """Whether a row for this trial, or a finished row for its config, exists already."""
     ids, hashes = recorded(results_dir)
     return trial_id in ids or config_hash in hashes
+
+
+def pack_recorded(results_dir: Path, pack_id: str, cfgs: Sequence[TrainConfig]) -> bool:
+    """Whether a pack's rows were written already (they are written together, in one file)."""
+    ids, hashes = recorded(results_dir)
+    return any(member_id(pack_id, i, len(cfgs)) in ids or c.config_hash in hashes
+               for i, c in enumerate(cfgs))
 
 
 def adopt(results_dir: Path, table: str, reused: pd.DataFrame) -> int:

@@ -3,6 +3,7 @@ curves land, reruns reuse, a crashed trial recovers to the same result, a killed
 without rerunning finished trials, and search mode writes rows too."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,30 @@ def test_smoke_sweep_writes_ok_rows_curves_and_tensorboard(smoke4):
     curves = rows.read_curves(smoke4 / "results")
     assert len(curves) == 4 * 3 and set(curves["trial_id"]) == set(trials["trial_id"])
     assert list(Path(smoke4 / "storage").glob("table9-smoke-*/*/events.out.tfevents.*"))
+
+
+def test_pack_auto_trains_two_packs_of_two_with_a_row_and_curves_per_member(smoke4):
+    trials = rows.read_trials(smoke4 / "results")
+    # --pack auto on 2 CPUs: the 4 compatible trials fill the 2 slots, 2 per pack
+    assert (trials["pack_size"] == 2).all() and trials["pack_id"].nunique() == 2
+    assert trials["trial_id"].is_unique and trials["config_hash"].is_unique
+    for pack_id, members in trials.groupby("pack_id"):
+        assert sorted(members["trial_id"]) == [f"{pack_id}_m0", f"{pack_id}_m1"]
+    curves = rows.read_curves(smoke4 / "results")
+    assert curves.groupby("trial_id")["epoch"].apply(list).map([1, 2, 3].__eq__).all()
+    assert (curves["pack_size"] == 2).all()
+
+
+def test_growing_the_grid_runs_only_the_new_members(smoke4, digits_cache, tmp_path, capsys):
+    shutil.copytree(smoke4 / "results", tmp_path / "results")
+    assert run("table9", table9.BLOCKS, tmp_path, "--mix-prob", "0.4", "--seeds", "2",
+               cache=digits_cache) == 0
+    assert "table9: 8 trials, 4 reused, 4 to run" in capsys.readouterr().out
+    trials = rows.read_trials(tmp_path / "results")
+    old = rows.read_trials(smoke4 / "results")
+    assert len(trials) == 8 and set(trials["status"]) == {"ok"}
+    new = trials[~trials["trial_id"].isin(old["trial_id"])]
+    assert sorted(new["seed"]) == [1, 1, 1, 1] and (new["pack_size"] == 2).all()
 
 
 def test_rerun_reuses_all_four(smoke4, digits_cache, capsys):
