@@ -26,6 +26,7 @@ from ray import tune
 from qimera_core import results
 from qimera_core.config import TrainConfig, add_config_flags, overrides_from_args
 from sweeps import grid, rows
+from sweeps.page import add_page_flags, keep_open, open_page
 from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ def trainable(finished: frozenset[str] = frozenset()) -> Any:
 
 # ---- in the driver ---------------------------------------------------------------------------
 class ResultsWriter(tune.Callback):
-    """Appends a trials row (and the trial's curves) to `--results` as each trial ends.
+    """Writes each reported epoch to `--results` as a live curves row, and a trials row (with
+    the trial's curves in one file, replacing the live ones) as each trial ends.
 
     Curves are buffered per running trial and saved with Tune's experiment state, so a driver
     that is killed and resumed loses none; an epoch replayed after a restore is kept once.
@@ -121,6 +123,10 @@ class ResultsWriter(tune.Callback):
             keep = {k: result[k] for k in (*results.METRICS, "device_name", "time_total_s")
                     if k in result}
             self._curves.setdefault(trial.trial_id, {})[int(result["epoch"])] = keep
+            # Live rows: the page and `analysis` see this epoch now, not when the trial ends.
+            cfg = TrainConfig.from_dict(trial.config["config"])
+            rows.write_live_curve(self.table, self.results_dir, trial.trial_id, cfg, keep,
+                                  gpus=trial.config["run"]["gpus"][cfg.teacher])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, error="")
@@ -138,6 +144,7 @@ class ResultsWriter(tune.Callback):
         curves = self._curves.pop(trial.trial_id, {})
         cfg_hash = TrainConfig.from_dict(trial.config["config"]).config_hash
         if rows.is_recorded(self.results_dir, trial.trial_id, cfg_hash):
+            rows.drop_live_curves(self.results_dir, trial.trial_id)
             return                                   # written before a driver restart
         write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
                     trial.last_result or {}, error, curves.values())
@@ -163,6 +170,7 @@ def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[st
     results.write(rows.curve_rows(table, trial_id, cfg, curves, status=row["status"],
                                   gpus=gpus), results_dir, rows.CURVES)
     results.write([row], results_dir, rows.TRIALS)
+    rows.drop_live_curves(results_dir, trial_id)     # the final file holds the same epochs
     log.info("%s %s: %s top1=%.2f (best-epoch %.2f)", table, trial_id, row["status"],
              row["top1"], row["best_top1"])
 
@@ -241,6 +249,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fail-once-at-epoch", type=int, default=0, metavar="N",
                    help="testing: each trial kills its own process once after epoch N, and "
                         "must recover from its checkpoint")
+    add_page_flags(p)
 
 
 def storage_path(storage: str) -> str:
@@ -415,12 +424,13 @@ def resume(table: str, prefix: str, args: argparse.Namespace, results_dir: Path)
     if not tune.Tuner.can_restore(path):
         raise GridError(f"--resume: {path} holds no Tune experiment to restore")
     print(f"{table}: resuming {path}")
+    page = open_page(table, args, results_dir)
     start_ray(args)
     _quiet_tune(args)
     _, finished = rows.recorded(results_dir)
     tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
                                resume_errored=True)
-    return finish(table, tuner.fit(), results_dir)
+    return keep_open(page, table, finish(table, tuner.fit(), results_dir))
 
 
 def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
@@ -438,6 +448,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         if args.resume:
             return resume(table, prefix, args, results_dir)
         todo = skip_finished(table, configs, results_dir)
+        page = open_page(table, args, results_dir)
     except GridError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{table}: {len(configs)} trials, {len(configs) - len(todo)} reused, "
@@ -447,7 +458,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         for cfg in todo if args.dry_run else []:
             print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
                   + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
-        return 0
+        return keep_open(page, table, 0) if not args.dry_run else 0
     prepare_all(todo)
     start_ray(args)
     gpus = gpus_by_teacher(todo, args)
@@ -455,7 +466,9 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
                                          for c in todo]),
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
-    return launch(table, experiment_name(args, prefix), space, axes, args, results_dir)
+    rows.write_plan(table, results_dir, todo)
+    return keep_open(page, table, launch(table, experiment_name(args, prefix), space, axes, args,
+                                         results_dir))
 
 
 # ---- search mode (sweeps.search) ---------------------------------------------------------------
@@ -485,6 +498,11 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
             print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
             return 2
     base = grid.absolute_paths(base)
+    try:
+        page = open_page(args.table, args, results_dir)
+    except GridError as err:
+        print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+        return 2
     prepare_all([base])
     start_ray(args)
     gpus = gpus_by_teacher([base], args)
@@ -498,6 +516,7 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
                               grace_period=min(grace, cfg.epochs))
     print(f"{args.table}: {args.num_samples} trials of {args.preset}, searching "
           f"{', '.join(dims)} for the highest {args.metric}")
-    return launch(args.table, experiment_name(args, prefix), space, list(dims), args,
-                  results_dir, metric=args.metric, mode="max", search_alg=searcher,
-                  scheduler=scheduler, num_samples=args.num_samples)
+    return keep_open(page, args.table, launch(
+        args.table, experiment_name(args, prefix), space, list(dims), args, results_dir,
+        metric=args.metric, mode="max", search_alg=searcher, scheduler=scheduler,
+        num_samples=args.num_samples))
