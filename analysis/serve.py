@@ -92,6 +92,18 @@ def _row_label(c: pd.Series, keys: list[str]) -> str:
                      + [f"{names.get(k, k)}={c[k]:g}" for k in keys if not isinstance(c[k], str)])
 
 
+def _why(g: pd.DataFrame | None) -> str:
+    """'error (seed 0): RuntimeError: CUDA out of memory; diverged (seed 1)': the last line of
+    a traceback names the exception, where its first says only when the failure happened."""
+    if g is None:
+        return ""
+    parts = []
+    for r in g[g["status"].isin(["error", "diverged", "stopped"])].sort_values("seed").itertuples():
+        lines = [x.strip() for x in str(r.error).splitlines() if x.strip()]
+        parts.append(f"{r.status} (seed {int(r.seed)})" + (f": {lines[-1][:200]}" if lines else ""))
+    return "; ".join(parts)
+
+
 def _cell_state(kind: str, counts: dict[str, int]) -> str:
     """finished | running | pending | error | diverged | stopped | not run | paper."""
     if kind != "ours":
@@ -136,7 +148,7 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
             "best_mean": _num(b["mean"]), "best_std": _num(b["std"]),
             "paper": _num(c["paper"]), "delta_best": _num(b["delta"]),
             "delta_final": _num(c["delta"]), "bold_best": bool(b["bold"]),
-            "reason": str(c["reason"]) if c["kind"] == "ours" and c["reason"] != "not run" else "",
+            "reason": _why(g),
             "live": [{"trial_id": r.trial_id, "epoch": _num(r.epoch), "epochs": int(r.epochs),
                       "top1": _num(r.top1)} for r in live.itertuples()],
             "hashes": sorted(set(g["config_hash"])) if g is not None else [],
