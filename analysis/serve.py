@@ -218,8 +218,8 @@ def links(storage: str) -> list[dict[str, str]]:
         {"view": "Ray dashboard and this page, on a cluster (one SSH tunnel)",
          "command": f"ray attach cluster/cluster.yaml -p 8265 -p {DEFAULT_PORT}",
          "url": f"http://127.0.0.1:8265/ and http://127.0.0.1:{DEFAULT_PORT}/"},
-        {"view": "Ray dashboard only, on a cluster", "command": "ray dashboard cluster/cluster.yaml",
-         "url": "http://127.0.0.1:8265/"},
+        {"view": "Ray dashboard only, on a cluster",
+         "command": "ray dashboard cluster/cluster.yaml", "url": "http://127.0.0.1:8265/"},
     ]
 
 

@@ -26,8 +26,8 @@ from ray import tune
 from qimera_core import results
 from qimera_core.config import TrainConfig, add_config_flags, overrides_from_args
 from sweeps import grid, rows
-from sweeps.page import add_page_flags, keep_open, open_page
 from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
+from sweeps.page import add_page_flags, keep_open, open_page
 
 log = logging.getLogger(__name__)
 
