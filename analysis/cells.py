@@ -221,7 +221,7 @@ def _not_run_notes(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
 
 def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: dict[str, str],
            metric: str, unrun: list[str]) -> list[str]:
-    notes = _data_notes(trials)
+    notes = data_notes(trials)
     if metric != "top1":
         notes.append(f"Cells are {METRICS[metric]}.")
     if ((cells["kind"] == "paper") & (cells["status"] == "paper")).any():
@@ -240,7 +240,7 @@ def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: 
     return notes
 
 
-def _data_notes(trials: pd.DataFrame) -> list[str]:
+def data_notes(trials: pd.DataFrame) -> list[str]:
     """Say loudly when results are not paper settings or use a shortened schedule."""
     notes = []
     other = sorted(set(trials.loc[~trials["paper_setting"], "dataset"]))

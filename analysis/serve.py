@@ -26,6 +26,7 @@ import pandas as pd
 from qimera_core import results as schema
 
 from . import render
+from .cells import data_notes
 from .load import AnalysisError, Results, add_labels, in_table, load
 from .tables import TABLE_FUNCTIONS, TABLES
 
@@ -153,7 +154,10 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
                       "top1": _num(r.top1)} for r in live.itertuples()],
             "hashes": sorted(set(g["config_hash"])) if g is not None else [],
         })
-    return {"name": name, "title": final.title, "notes": final.notes,
+    # The notes that are about the data; a note per cell would repeat the cell's hover text,
+    # and while trials run, its gaps say "not run" of cells that are only pending.
+    notes = data_notes(mine[mine["status"] != "pending"])
+    return {"name": name, "title": final.title, "notes": notes,
             "rows": list(dict.fromkeys(c["row"] for c in out)),
             "columns": list(dict.fromkeys(c["column"] for c in out)), "cells": out}
 

@@ -126,6 +126,9 @@ def test_state_has_every_kind_of_cell(state):
     assert run["state"] == "running"
     assert run["live"] == [{"trial_id": "t-run", "epoch": 2.0, "epochs": 3, "top1": 32.0}]
     assert cells[("25", "0.10")]["state"] == "pending"
+    notes = state["tables"][0]["notes"]             # about the data; cells explain themselves
+    assert any(n.startswith("NOT PAPER RESULTS") for n in notes)
+    assert not any("pending" in n or "running" in n for n in notes)
     assert {c["state"] for k, c in cells.items() if k not in {
         ("2", "0.10"), ("2", "0.40"), ("10", "0.10"), ("10", "0.40"), ("25", "0.10")}} \
         == {"not run"}
