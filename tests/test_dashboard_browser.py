@@ -51,14 +51,15 @@ def wait_for(url: str, profile: Path, driver: subprocess.Popen, done, what: str,
     pytest.fail(f"no {what} within {timeout:.0f} s; last cells: {states}")
 
 
-def live_shot(url: str, profile: Path, path: Path, tries: int = 10) -> None:
-    """A screenshot that shows finished and running cells: kept when the page loaded right
-    after it shows both too (trials take seconds, so the two loads see the same state)."""
+def live_shot(url: str, profile: Path, path: Path, tries: int = 20) -> None:
+    """A screenshot that shows finished and running cells: taken between two page loads that
+    both show them (a trial runs for seconds, so the screenshot's load sees them too)."""
+    both = lambda: {"finished", "running"} <= set(cell_states(url, profile))  # noqa: E731
     for _ in range(tries):
-        browse(url, profile, "--window-size=1400,900", f"--screenshot={path}")
-        states = cell_states(url, profile)
-        if "finished" in states and "running" in states:
-            return
+        if both():
+            browse(url, profile, "--window-size=1400,900", f"--screenshot={path}")
+            if both():
+                return
 
 
 def lines_of(proc: subprocess.Popen) -> queue.Queue:

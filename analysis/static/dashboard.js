@@ -29,7 +29,8 @@ function cellLines(c) {
   const done = c.n ? `${fmt(c.mean)}${c.n > 1 ? " ± " + fmt(c.std) : ""} (n=${c.n})` : "";
   if (c.state === "running") {
     const live = c.live.map((t) => `epoch ${t.epoch}/${t.epochs} · ${fmt(t.top1, 1)}`);
-    return [live.join("; "), done ? `done: ${done}` : `${c.counts.pending || 0} pending`];
+    const waiting = c.counts.pending ? `${c.counts.pending} pending` : "";
+    return [live.join("; "), done ? `done: ${done}` : waiting];
   }
   if (c.state === "pending") return ["pending", done ? `done: ${done}` : ""];
   if (c.state === "finished") {
