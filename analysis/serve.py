@@ -33,7 +33,8 @@ from .tables import TABLE_FUNCTIONS, TABLES
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8470
-REFRESH_S = 10.0  # a live page's state is rebuilt at least this often (new files: at once)
+REFRESH_S = 10.0  # a live page's state is rebuilt at least this often
+MIN_REBUILD_S = 2.0  # and at most this often (the page polls every 2 s)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # The config columns that place a trial in a table cell, and the columns that name a row.
 CELL_KEYS = {"table9": ["setting", "mix_classes", "mix_prob"], "table8": ["setting", "dm_layers"],
@@ -259,6 +260,7 @@ class _Cache:
     key: tuple = ()
     state: dict | None = None
     built: float = 0.0
+    cost: float = 0.0
     lock: threading.Lock = threading.Lock()
 
 
@@ -303,14 +305,21 @@ class Handler(BaseHTTPRequestHandler):
     def _state(self) -> dict:
         with self.cache.lock:
             key = _fingerprint(self.directory)
-            # A running sweep's elapsed time and ETA move even when no file does, but a rebuild
-            # costs a second or two of CPU, which the driver's trials need more.
-            stale = self.cache.state is not None and self.cache.state["live"] \
-                and time.monotonic() - self.cache.built > REFRESH_S
-            if self.cache.state is None or key != self.cache.key or stale:
+            if self.cache.state is None or self._due(key):
+                start = time.monotonic()
                 self.cache.state = page_state(self.directory, self.storage)
                 self.cache.key, self.cache.built = key, time.monotonic()
+                self.cache.cost = self.cache.built - start
             return self.cache.state
+
+    def _due(self, key: tuple) -> bool:
+        """Rebuild when files changed (or, while live, every REFRESH_S: elapsed time and ETA
+        move even when no file does), but leave at least twice the last build's time
+        between builds: with --serve the page shares the driver's CPU with the trials."""
+        age = time.monotonic() - self.cache.built
+        if age < max(MIN_REBUILD_S, 2 * self.cache.cost):
+            return False
+        return key != self.cache.key or (self.cache.state["live"] and age > REFRESH_S)
 
     def _trials(self, table: str, cell: str) -> dict:
         found = [t for t in self._state()["tables"] if t["name"] == table]

@@ -1,11 +1,12 @@
-"""What live rows cost: writing one epoch's curve row, reading a results directory while its
-trials are running (one small file per reported epoch) against after they end (one merged file
-per trial), and building the live page's state from it.
+"""What live rows cost: writing one epoch's curve row, and reading a results directory while
+its trials run against after they end, for three layouts of the same rows: one file per epoch
+(no merging), the live files as `sweeps.rows.write_live_curve` leaves them (merged once a trial
+has more than LIVE_FILES_MAX), and one final file per trial. Also the live page's state.
 
     python bench/live_rows.py [--trials 24] [--epochs 20] [--repeat 5]
 
-Prints median seconds for each, and the ratio of reading per-epoch files to merged files,
-measured in this one run on this machine.
+Prints median seconds for each and the ratios to the final layout, all measured in this one
+run on this machine.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
     cfgs = [build("digits-smoke", mix_classes=ks[i % 4], mix_prob=ps[(i // 4) % 6], seed=i // 24)
             for i in range(args.trials)]
     with tempfile.TemporaryDirectory() as tmp:
-        live, merged = Path(tmp, "live"), Path(tmp, "merged")
+        single, live, final = Path(tmp, "single"), Path(tmp, "live"), Path(tmp, "final")
         t = time.perf_counter()
         for i, c in enumerate(cfgs):
             for e in range(1, args.epochs + 1):
@@ -54,17 +55,23 @@ def main() -> None:
         write_s = (time.perf_counter() - t) / (args.trials * args.epochs)
         for i, c in enumerate(cfgs):
             reports = [metrics(e) for e in range(1, args.epochs + 1)]
-            results.write(rows.curve_rows("table9", f"t{i}", c, reports, status="ok"), merged,
+            for r in rows.curve_rows("table9", f"t{i}", c, reports, status="running"):
+                results.write([r], single, rows.live_stem(f"t{i}", int(r["epoch"])))
+            results.write(rows.curve_rows("table9", f"t{i}", c, reports, status="ok"), final,
                           rows.CURVES)
-        read_live = median_s(lambda: rows.read_curves(live), args.repeat)
-        read_merged = median_s(lambda: rows.read_curves(merged), args.repeat)
+        secs = {name: median_s(lambda d=d: rows.read_curves(d), args.repeat)
+                for name, d in (("single", single), ("live", live), ("final", final))}
+        files = {name: len(list(d.glob("*.parquet")))
+                 for name, d in (("single", single), ("live", live), ("final", final))}
         state_live = median_s(lambda: serve.page_state(live), args.repeat)
     n = args.trials * args.epochs
     print(f"{args.trials} trials x {args.epochs} epochs = {n} curve rows")
-    print(f"write one live row (own file, atomic rename): {write_s * 1e3:.2f} ms")
-    print(f"read_curves, {n} per-epoch files: {read_live:.3f} s")
-    print(f"read_curves, {args.trials} merged files: {read_merged:.3f} s")
-    print(f"ratio per-epoch / merged: {read_live / read_merged:.1f}x")
+    print(f"write one live row (own file, atomic rename, merge when due): {write_s * 1e3:.2f} ms")
+    for name, what in (("single", "one file per epoch, never merged"),
+                       ("live", f"live, merged past {rows.LIVE_FILES_MAX} files a trial"),
+                       ("final", "one final file per trial")):
+        print(f"read_curves, {what} ({files[name]} files): {secs[name]:.3f} s "
+              f"= {secs[name] / secs['final']:.1f}x final")
     print(f"page_state while all {args.trials} trials run: {state_live:.3f} s")
 
 

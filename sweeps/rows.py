@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 # ("diverged" is a result too: the same seed diverges again.) "error" rows are rerun.
 FINISHED = ("ok", "diverged", "stopped")
 TRIALS, CURVES, PLAN = "trials", "curves", "plan"
+# Per-epoch files a running trial may have before they are merged into one: reading many
+# small files is what slows the live page (bench/live_rows.py), and a 400-epoch trial would
+# otherwise leave 400 of them.
+LIVE_FILES_MAX = 8
 
 
 def status_of(metrics: Mapping[str, Any], error: str, epochs: int) -> str:
@@ -80,7 +84,24 @@ def write_live_curve(table: str, results_dir: Path, trial_id: str, cfg: TrainCon
     row = results.make_row(cfg, metrics, table=table, trial_id=trial_id, status="running",
                            device_name=str(metrics.get("device_name", "")),
                            gpu_seconds=gpu_seconds(metrics, gpus))
-    return results.write([row], Path(results_dir), live_stem(trial_id, int(metrics["epoch"])))
+    epoch = int(metrics["epoch"])
+    path = results.write([row], Path(results_dir), live_stem(trial_id, epoch))
+    files = sorted(Path(results_dir).glob(f"{live_stem(trial_id)}*.parquet"))
+    if len(files) > LIVE_FILES_MAX:
+        path = _merge_live(Path(results_dir), trial_id, epoch, files)
+    return path
+
+
+def _merge_live(results_dir: Path, trial_id: str, epoch: int, files: list[Path]) -> Path | None:
+    """One file with the rows of `files` (each epoch once, the latest), then `files` removed:
+    a reader sees the rows twice for a moment, never not at all."""
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df = df.sort_values("finished_at", kind="stable").drop_duplicates("epoch", keep="last")
+    merged = results.write(df.sort_values("epoch").to_dict("records"), results_dir,
+                           live_stem(trial_id, epoch))
+    for f in files:
+        f.unlink(missing_ok=True)
+    return merged
 
 
 def drop_live_curves(results_dir: Path, trial_id: str) -> int:

@@ -87,6 +87,18 @@ def test_analysis_tells_running_trials_from_finished_ones(results_dir):
     assert sorted(res.trials["trial_id"]) == ["t-div", "t-err", "t-ok0", "t-ok1"]
 
 
+def test_a_long_running_trial_keeps_few_live_files(tmp_path):
+    c = cfg(2, 0.1)
+    for e in range(1, 21):
+        rows.write_live_curve("table9", tmp_path, "t-long", c, metrics(e, 30.0 + e))
+        assert len(list(tmp_path.glob("curves-live-*.parquet"))) <= rows.LIVE_FILES_MAX
+    rows.write_live_curve("table9", tmp_path, "t-long", c, metrics(20, 99.0))  # replayed epoch
+    curves = rows.read_curves(tmp_path)
+    assert list(curves["epoch"]) == list(range(1, 21)) and set(curves["status"]) == {"running"}
+    assert curves["top1"].iloc[-1] == 99.0 and curves["top1"].iloc[0] == 31.0
+    assert load(tmp_path).running["epoch"].item() == 20
+
+
 def test_a_file_gone_between_glob_and_read_is_skipped(tmp_path):
     assert results._read_one(tmp_path / "curves-live-x-e0001-0.parquet", None) is None
 
