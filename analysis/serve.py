@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -27,7 +27,15 @@ from qimera_core import results as schema
 
 from . import render
 from .cells import data_notes
-from .load import AnalysisError, Results, add_labels, in_table, load
+from .load import (
+    AnalysisError,
+    Results,
+    add_labels,
+    dedupe_curves,
+    dedupe_trials,
+    in_table,
+    load,
+)
 from .tables import TABLE_FUNCTIONS, TABLES
 
 log = logging.getLogger(__name__)
@@ -61,6 +69,13 @@ def _pending(directory: Path, results: Results) -> pd.DataFrame:
     plan = add_labels(plan)
     plan["tables"] = [frozenset([t]) for t in plan["table"]]
     return plan
+
+
+def _nothing_yet(directory: Path) -> Results:
+    """The Results of a directory that holds a sweep's plan but no reported epoch yet."""
+    empty = add_labels(dedupe_trials(schema.to_frame([])))
+    curves = add_labels(dedupe_curves(schema.to_frame([])))
+    return Results(directory=directory, trials=empty, curves=curves, running=curves)
 
 
 def _all_trials(results: Results, pending: pd.DataFrame) -> pd.DataFrame:
@@ -201,8 +216,10 @@ def page_state(directory: Path, storage: str = "") -> dict:
     try:
         results = load(directory)
     except AnalysisError as e:
-        return {"results": str(directory), "error": str(e), "tables": [], "live": True,
-                "progress": None, "links": links(storage)}
+        if not directory.is_dir() or not list(directory.glob("plan-*.parquet")):
+            return {"results": str(directory), "error": str(e), "tables": [], "live": True,
+                    "progress": None, "links": links(storage)}
+        results = _nothing_yet(directory)           # a sweep has started: all cells pending
     everything = _all_trials(results, _pending(directory, results))
     names = set().union(*everything["tables"]) if not everything.empty else set()
     tables = [t for t in (_table_state(n, everything, results) for n in TABLES if n in names) if t]
@@ -261,7 +278,7 @@ class _Cache:
     state: dict | None = None
     built: float = 0.0
     cost: float = 0.0
-    lock: threading.Lock = threading.Lock()
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _fingerprint(directory: Path) -> tuple:
@@ -363,7 +380,7 @@ def make_server(directory: Path, host: str = "127.0.0.1", port: int = DEFAULT_PO
     """A server for `directory` (not started). Port 0 picks a free port."""
     handler = type("DashboardHandler", (Handler,),
                    {"directory": Path(directory).resolve(), "storage": storage,
-                    "cache": _Cache(lock=threading.Lock())})
+                    "cache": _Cache()})
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as e:

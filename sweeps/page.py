@@ -50,8 +50,9 @@ def keep_open(page: Any, table: str, code: int) -> int:
     """After the sweep: keep serving the finished results until Ctrl-C, then return `code`."""
     if page is None:
         return code
-    host, port = page.server_address[:2]
-    print(f"{table}: sweep done; the page stays up at http://{host}:{port}/ (Ctrl-C to stop)",
+    from analysis.serve import url_of
+
+    print(f"{table}: sweep done; the page stays up at {url_of(page)} (Ctrl-C to stop)",
           flush=True)
     try:
         while True:

@@ -168,6 +168,14 @@ def test_a_finished_directory_is_static(tmp_path):
     assert by_position(s)[("2", "0.10")]["state"] == "finished"
 
 
+def test_a_sweep_that_has_only_its_plan_shows_pending_cells(tmp_path):
+    rows.write_plan("table9", tmp_path, [cfg(2, 0.1), cfg(10, 0.1)])
+    s = serve.page_state(tmp_path)
+    assert s["error"] == "" and s["live"] is True
+    assert {c["state"] for c in by_position(s).values()} == {"pending"}
+    assert s["progress"]["counts"] == {"pending": 2} and s["progress"]["eta_s"] is None
+
+
 def test_an_empty_directory_says_what_to_do(tmp_path):
     s = serve.page_state(tmp_path)
     assert s["tables"] == [] and "python -m sweeps.table9" in s["error"]
