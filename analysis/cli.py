@@ -1,5 +1,5 @@
-"""`python -m analysis tables|plots|watch|status`: paper tables, figures and a live view of a
-sweep."""
+"""`python -m analysis tables|plots|watch|serve|status`: paper tables, figures, and live views
+of a sweep (files re-rendered, or a page in the browser)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="render once and exit (= --max-iterations 1)")
     w.add_argument("--no-plots", action="store_true", help="tables and status only")
     w.set_defaults(func=cmd_watch)
+    v = sub.add_parser("serve", help="a live page of the tables in a browser, on 127.0.0.1")
+    v.add_argument("--results", type=Path, required=True,
+                   help="directory with the sweep's Parquet files (running or finished)")
+    v.add_argument("--port", type=int, default=8470, help="port (default 8470; 0 picks one)")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other exposes the results "
+                        "to the network without a password: prefer an SSH tunnel)")
+    v.add_argument("--storage", default="",
+                   help="the sweep's Tune --storage, for the TensorBoard command on the page")
+    v.set_defaults(func=cmd_serve)
     s = sub.add_parser("status", help="print trial counts and GPU-hours per table")
     s.add_argument("--results", type=Path, required=True)
     s.set_defaults(func=cmd_status)
@@ -214,6 +224,23 @@ def _watch_step(args: argparse.Namespace, seen: tuple | None, progress: Progress
     progress(f"{status.status_line(results)} -> {args.out} (next check in {args.interval:g}s, "
              "Ctrl-C to stop)")
     return now
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    if not args.results.is_dir():
+        raise AnalysisError(f"results directory {args.results} does not exist; pass the "
+                            "--results DIR that the sweep writes to")
+    server = serve.make_server(args.results, args.host, args.port, args.storage)
+    print(f"serving {args.results} at {serve.url_of(server)} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

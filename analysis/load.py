@@ -96,7 +96,10 @@ def setting_sort_key(dataset: str, model: str, bits: str) -> tuple:
 def _read_files(directory: Path, stem: str) -> pd.DataFrame:
     frames = []
     for path in sorted(directory.glob(f"{stem}-*.parquet")):
-        df = pd.read_parquet(path)
+        try:
+            df = pd.read_parquet(path)
+        except FileNotFoundError:  # a running trial's per-epoch file, merged into its final one
+            continue
         _check_schema(df, path)
         frames.append(df)
     if not frames:

@@ -32,6 +32,9 @@ METRICS = ("epoch", "top1", "top5", "best_top1", "best_epoch", "teacher_top1", "
            "wall_time_s", "step_time_s", "loss_g", "loss_g_ce", "loss_bns", "loss_s", "loss_kd",
            "loss_s_ce", "diverged")
 STATUSES = ("ok", "error", "diverged", "stopped")  # stopped: ended early by a scheduler (ASHA)
+# Rows of trials that have not ended: a curve row written as its epoch is reported (running),
+# and a sweep's plan row for a trial not yet reported (pending). Never in a trials row.
+LIVE_STATUSES = ("running", "pending")
 
 
 def columns() -> list[str]:
@@ -45,8 +48,8 @@ def make_row(cfg: TrainConfig, metrics: Mapping[str, Any], *, table: str, trial_
              pack_size: int = 1) -> dict[str, Any]:
     """One trial as a flat dict with exactly `columns()` as keys. A run trained alone is its
     own pack (`pack_id` defaults to `trial_id`)."""
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    if status not in (*STATUSES, *LIVE_STATUSES):
+        raise ValueError(f"status must be one of {(*STATUSES, *LIVE_STATUSES)}, got {status!r}")
     info = run_info or run_environment()
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "table": table, "trial_id": trial_id,
@@ -98,8 +101,19 @@ def read(directory: Path, stem: str, columns: Sequence[str] | None = None) -> pd
     cols = list(columns) if columns else None
     if not files:
         return to_frame([])[cols] if cols else to_frame([])
-    frames = [pd.read_parquet(f, columns=_present(f, cols)) for f in files]
+    frames = [df for df in (_read_one(f, cols) for f in files) if df is not None]
+    if not frames:
+        return to_frame([])[cols] if cols else to_frame([])
     return _fill_pack_columns(pd.concat(frames, ignore_index=True), cols)
+
+
+def _read_one(path: Path, columns: list[str] | None) -> pd.DataFrame | None:
+    """One file, or None if it vanished since the glob: a sweep removes a trial's per-epoch
+    curve files once the same rows are in its final file."""
+    try:
+        return pd.read_parquet(path, columns=_present(path, columns))
+    except FileNotFoundError:
+        return None
 
 
 def _present(path: Path, cols: list[str] | None) -> list[str] | None:

@@ -27,6 +27,7 @@ from qimera_core import results
 from qimera_core.config import TrainConfig, add_config_flags, overrides_from_args
 from sweeps import grid, rows
 from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
+from sweeps.page import add_page_flags, keep_open, open_page
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,9 @@ def trainable(finished: frozenset[str] = frozenset()) -> Any:
 
 # ---- in the driver ---------------------------------------------------------------------------
 class ResultsWriter(tune.Callback):
-    """Appends trials rows (and curves) to `--results` as each Tune trial ends: one row per run
-    of its pack, each with its own config hash.
+    """Writes each reported epoch to `--results` as live curves rows, and trials rows (with
+    the curves in one file, replacing the live ones) as each Tune trial ends: per run of its
+    pack, each with its own config hash.
 
     Curves are buffered per running trial and run, and saved with Tune's experiment state, so a
     driver that is killed and resumed loses none; an epoch replayed after a restore is kept once.
@@ -144,10 +146,17 @@ class ResultsWriter(tune.Callback):
                         **info: Any) -> None:
         pack_wide = {k: result[k] for k in ("device_name", "time_total_s") if k in result}
         curves = self._curves.setdefault(trial.trial_id, {})
+        cfgs = pack_configs(trial.config)
+        share = pack_gpus(trial.config) / len(cfgs)
         for i, member in enumerate(result.get("members", ())):
-            if "epoch" in member:
-                keep = {k: member[k] for k in results.METRICS if k in member}
-                curves.setdefault(i, {})[int(member["epoch"])] = {**keep, **pack_wide}
+            if "epoch" not in member or member.get("epoch") != result.get("epoch"):
+                continue                   # a diverged run's last report, written already
+            keep = {**{k: member[k] for k in results.METRICS if k in member}, **pack_wide}
+            curves.setdefault(i, {})[int(member["epoch"])] = keep
+            # Live rows: the page and `analysis` see this epoch now, not when the trial ends.
+            rows.write_live_curve(self.table, self.results_dir,
+                                  rows.member_id(trial.trial_id, i, len(cfgs)), cfgs[i], keep,
+                                  gpus=share, pack_id=trial.trial_id, pack_size=len(cfgs))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._write(trial, error="")
@@ -163,7 +172,11 @@ class ResultsWriter(tune.Callback):
 
     def _write(self, trial: Any, error: str) -> None:
         curves = self._curves.pop(trial.trial_id, {})
-        if rows.pack_recorded(self.results_dir, trial.trial_id, pack_configs(trial.config)):
+        cfgs = pack_configs(trial.config)
+        if rows.pack_recorded(self.results_dir, trial.trial_id, cfgs):
+            for i in range(len(cfgs)):
+                rows.drop_live_curves(self.results_dir, rows.member_id(trial.trial_id, i,
+                                                                       len(cfgs)))
             return                                   # written before a driver restart
         write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
                     trial.last_result or {}, error, curves)
@@ -205,6 +218,8 @@ def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[st
     # Curves first: a trials row (what readers and resume look for) implies its curves exist.
     results.write(curve_rows, results_dir, rows.CURVES)
     results.write(trial_rows, results_dir, rows.TRIALS)
+    for row in trial_rows:                  # the final file holds the same epochs
+        rows.drop_live_curves(results_dir, row["trial_id"])
 
 
 class TrialDirName:
@@ -307,6 +322,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fail-once-at-epoch", type=int, default=0, metavar="N",
                    help="testing: each trial kills its own process once after epoch N, and "
                         "must recover from its checkpoint")
+    add_page_flags(p)
 
 
 def _pack_flag(text: str) -> str | int:
@@ -538,12 +554,13 @@ def resume(table: str, prefix: str, args: argparse.Namespace, results_dir: Path)
     if not tune.Tuner.can_restore(path):
         raise GridError(f"--resume: {path} holds no Tune experiment to restore")
     print(f"{table}: resuming {path}")
+    page = open_page(table, args, results_dir)
     start_ray(args)
     _quiet_tune(args)
     _, finished = rows.recorded(results_dir)
     tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
                                resume_errored=True)
-    return finish(table, tuner.fit(), results_dir)
+    return keep_open(page, table, finish(table, tuner.fit(), results_dir))
 
 
 def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
@@ -562,6 +579,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         if args.resume:
             return resume(table, prefix, args, results_dir)
         todo = skip_finished(table, configs, results_dir)
+        page = open_page(table, args, results_dir)
     except GridError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{table}: {len(configs)} trials, {len(configs) - len(todo)} reused, "
@@ -571,7 +589,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         for cfg in todo if args.dry_run else []:
             print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
                   + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
-        return 0
+        return keep_open(page, table, 0) if not args.dry_run else 0
     prepare_all(todo)
     start_ray(args)
     gpus = gpus_by_teacher(todo, args)
@@ -584,7 +602,9 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
                 for p in packs]),
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
-    return launch(table, experiment_name(args, prefix), space, axes, args, results_dir)
+    rows.write_plan(table, results_dir, todo)
+    return keep_open(page, table, launch(table, experiment_name(args, prefix), space, axes, args,
+                                         results_dir))
 
 
 def _sizes(packs: Sequence[Sequence[TrainConfig]]) -> dict[int, int]:
@@ -625,6 +645,11 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
         print("sweeps.search: search mode trains every trial alone (ASHA stops trials one by "
               "one, and each sample is proposed from the results before it); --pack is ignored")
     base = grid.absolute_paths(base)
+    try:
+        page = open_page(args.table, args, results_dir)
+    except GridError as err:
+        print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+        return 2
     prepare_all([base])
     start_ray(args)
     gpus = gpus_by_teacher([base], args)
@@ -638,6 +663,7 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
                               grace_period=min(grace, cfg.epochs))
     print(f"{args.table}: {args.num_samples} trials of {args.preset}, searching "
           f"{', '.join(dims)} for the highest {args.metric}")
-    return launch(args.table, experiment_name(args, prefix), space, list(dims), args,
-                  results_dir, metric=args.metric, mode="max", search_alg=searcher,
-                  scheduler=scheduler, num_samples=args.num_samples)
+    return keep_open(page, args.table, launch(
+        args.table, experiment_name(args, prefix), space, list(dims), args, results_dir,
+        metric=args.metric, mode="max", search_alg=searcher, scheduler=scheduler,
+        num_samples=args.num_samples))

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 # Statuses whose trial is done: rerunning it with the same config hash would compute it again.
 # ("diverged" is a result too: the same seed diverges again.) "error" rows are rerun.
 FINISHED = ("ok", "diverged", "stopped")
-TRIALS, CURVES = "trials", "curves"
+TRIALS, CURVES, PLAN = "trials", "curves", "plan"
+# Per-epoch files a running trial may have before they are merged into one: reading many
+# small files is what slows the live page (bench/live_rows.py), and a 400-epoch trial would
+# otherwise leave 400 of them.
+LIVE_FILES_MAX = 8
 
 
 def status_of(metrics: Mapping[str, Any], error: str, epochs: int) -> str:
@@ -72,6 +76,60 @@ def curve_rows(table: str, trial_id: str, cfg: TrainConfig, reports: Iterable[Ma
                              gpu_seconds=gpu_seconds(r, gpus), pack_id=pack_id,
                              pack_size=pack_size)
             for _, r in sorted(by_epoch.items())]
+
+
+def live_stem(trial_id: str, epoch: int | None = None) -> str:
+    """`curves-live-<trial_id>-e<epoch>`: the file stem of one reported epoch of a running trial
+    (results.read of `curves` reads these too). Without `epoch`, the prefix of all of them."""
+    return f"{CURVES}-live-{trial_id}-e" + ("" if epoch is None else f"{epoch:04d}")
+
+
+def write_live_curve(table: str, results_dir: Path, trial_id: str, cfg: TrainConfig,
+                     metrics: Mapping[str, Any], *, gpus: float = 0.0, pack_id: str = "",
+                     pack_size: int = 1) -> Path | None:
+    """One epoch report of a running trial as a curves row (status "running") in its own
+    atomically written file, so a driver killed later keeps it. The trial's final curves file
+    (same rows, final status, written later) wins over these in every reader."""
+    if "epoch" not in metrics:
+        return None
+    row = results.make_row(cfg, metrics, table=table, trial_id=trial_id, status="running",
+                           device_name=str(metrics.get("device_name", "")),
+                           gpu_seconds=gpu_seconds(metrics, gpus), pack_id=pack_id,
+                           pack_size=pack_size)
+    epoch = int(metrics["epoch"])
+    path = results.write([row], Path(results_dir), live_stem(trial_id, epoch))
+    files = sorted(Path(results_dir).glob(f"{live_stem(trial_id)}*.parquet"))
+    if len(files) > LIVE_FILES_MAX:
+        path = _merge_live(Path(results_dir), trial_id, epoch, files)
+    return path
+
+
+def _merge_live(results_dir: Path, trial_id: str, epoch: int, files: list[Path]) -> Path | None:
+    """One file with the rows of `files` (each epoch once, the latest), then `files` removed:
+    a reader sees the rows twice for a moment, never not at all."""
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    df = df.sort_values("finished_at", kind="stable").drop_duplicates("epoch", keep="last")
+    merged = results.write(df.sort_values("epoch").to_dict("records"), results_dir,
+                           live_stem(trial_id, epoch))
+    for f in files:
+        f.unlink(missing_ok=True)
+    return merged
+
+
+def drop_live_curves(results_dir: Path, trial_id: str) -> int:
+    """Remove a trial's per-epoch files once its final curves file holds the same epochs, so
+    a finished sweep reads one curves file per trial. Returns how many were removed."""
+    files = list(Path(results_dir).glob(f"{live_stem(trial_id)}*.parquet"))
+    for path in files:
+        path.unlink(missing_ok=True)
+    return len(files)
+
+
+def write_plan(table: str, results_dir: Path, configs: Sequence[TrainConfig]) -> Path | None:
+    """The trials a sweep is about to run, as `pending` rows in `plan-*.parquet`: what lets a
+    live view show the cells not started yet and project the sweep's time and cost."""
+    return results.write([results.make_row(c, {}, table=table, trial_id="", status="pending")
+                          for c in configs], Path(results_dir), PLAN)
 
 
 def read_trials(results_dir: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -251,6 +251,17 @@ def test_best_epoch_metric_is_labelled_and_compare_paper_adds_delta(res):
         tables.table9(results.to_frame([row("table8", C10, 1.0)]))
 
 
+def test_compare_paper_on_final_cells_takes_delta_from_the_best_epoch(res):
+    """The paper reports the best test epoch, so Δ compares our best epoch with it; the final
+    epoch's Δ is shown beside it, each labelled."""
+    t = tables.table9(res, compare_paper=True)
+    assert cell(t, (B, 2), "0.40")[0] == \
+        "66.00 ± 1.00 [paper 64.90 (best epoch); Δ best-epoch +2.10, Δ final +1.10]"
+    c = t.cells.set_index(["mix_classes", "mix_prob"]).loc[(2, 0.4)]
+    assert (round(c["delta"], 6), round(c["delta_final"], 6)) == (2.1, 1.1)
+    assert (c["final_mean"], c["best_mean"]) == (66.0, 67.0)
+
+
 def _paper(block: str) -> pd.DataFrame:
     p = paper.paper_tables()
     return p[p["table"] == block]

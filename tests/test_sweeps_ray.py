@@ -1,7 +1,8 @@
 """Sweeps on a local 2-CPU Ray with the real trainer on the offline digits setting: rows and
-curves land, reruns reuse, a crashed trial recovers to the same result, a killed driver resumes
-without rerunning finished trials, and search mode writes rows too."""
+curves land, reruns reuse, a crashed trial recovers to the same result, a killed driver keeps every
+reported epoch and resumes without rerunning finished trials, and search mode writes rows too."""
 
+import json
 import os
 import shutil
 import signal
@@ -121,7 +122,9 @@ def test_driver_killed_mid_sweep_then_resume_reruns_nothing_finished(local_ray, 
                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        while not list((tmp_path / "results").glob("trials-*.parquet")):
+        # Kill once one trial has ended and the next has reported an epoch (a live row).
+        while not (list((tmp_path / "results").glob("trials-*.parquet"))
+                   and list((tmp_path / "results").glob("curves-live-*.parquet"))):
             assert driver.poll() is None and time.monotonic() < deadline, "no trial finished"
             time.sleep(0.2)
     finally:
@@ -129,6 +132,16 @@ def test_driver_killed_mid_sweep_then_resume_reruns_nothing_finished(local_ray, 
         driver.wait()
     first = rows.read_trials(tmp_path / "results")
     assert len(first) == 1
+    # Every epoch that reached the driver before it died is in --results: Tune's own log of
+    # reported results (written after our callback) holds no epoch that the curves lack.
+    curves = rows.read_curves(tmp_path / "results")
+    live = curves[~curves["trial_id"].isin(first["trial_id"])]
+    assert len(live) and set(live["status"]) == {"running"}
+    for log_file in (tmp_path / "storage").glob("table8-smoke-*/*/result.json"):
+        trial_id = log_file.parent.name.split("--")[0]
+        logged = {json.loads(line)["epoch"] for line in log_file.read_text().splitlines()
+                  if line.strip() and "epoch" in json.loads(line)}
+        assert logged <= set(curves.loc[curves["trial_id"] == trial_id, "epoch"]), trial_id
     done_dir = next((tmp_path / "storage").glob(f"table8-smoke-*/{first['trial_id'].item()}--*"))
     resumed_at = time.time()
     assert main("table8", table8.BLOCKS, [*argv, "--resume"]) == 0
