@@ -343,8 +343,8 @@ def auto_pack_size(cfg: TrainConfig, count: int, gpus: float, slots: int) -> int
 
     GPU: up to GPU_PACK runs of at most 32x32 pixels share one GPU in one pack (ImageNet runs
     stay alone). CPU: packing pays only for tiny inputs (at most 16x16, the digits setting);
-    the trials are spread over the `slots` trials that run at once, up to MAX_CPU_PACK each,
-    so that every core has work.
+    the trials are dealt into a multiple of the `slots` trials that run at once, at most
+    MAX_CPU_PACK per pack, so that every core has the same work.
     """
     from qimera_core import models
     pixels = models.spec(cfg.teacher).input_shape[1]
@@ -352,7 +352,9 @@ def auto_pack_size(cfg: TrainConfig, count: int, gpus: float, slots: int) -> int
         return min(count, GPU_PACK) if pixels <= GPU_PACK_MAX_PIXELS else 1
     if pixels > CPU_PACK_MAX_PIXELS:
         return 1
-    return max(1, min(MAX_CPU_PACK, -(-count // max(1, slots))))
+    slots = max(1, slots)
+    packs = slots * -(-count // (slots * MAX_CPU_PACK))
+    return max(1, -(-count // packs))
 
 
 def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
@@ -492,6 +494,7 @@ def launch(table: str, name: str, space: dict[str, Any], axes: Sequence[str],
                else {f"config/{a}": a for a in (*axes, "seed")})
     reporter = tune.CLIReporter(parameter_columns=columns,
                                 metric_columns=list(PROGRESS_METRICS),
+                                max_column_length=60 if "pack" in space else 20,
                                 max_report_frequency=10 if args.smoke_test
                                 else 30 if getattr(args, "offline", False) else 60)
     run_config = tune.RunConfig(
