@@ -83,13 +83,21 @@ def test_plain_latent_is_standardized_per_sample_and_superposed_per_slot():
     torch.testing.assert_close(g.embed(lat.labels, lat.weights, lat.noise), expect)
 
 
-def test_sigma_changes_the_latent():
+def test_sigma_scales_the_noise_and_zero_removes_it():
     lat = latents(1)
-    a = make(dm_layers=0, noise_sigma=0.25).embed(lat.labels, lat.weights, lat.noise)
-    torch.manual_seed(0)
-    g = make(dm_layers=0, noise_sigma=2.0)
-    g.embeddings.data = make(dm_layers=0).embeddings.data
-    assert not torch.allclose(a, g.embed(lat.labels, lat.weights, lat.noise))
+    other_noise = torch.randn(lat.noise.shape, generator=torch.Generator().manual_seed(9))
+    emb = torch.randn(5, 16, generator=torch.Generator().manual_seed(3))
+
+    def embed(sigma, noise):
+        g = make(dm_layers=0, noise_sigma=sigma, embeddings=emb)
+        return g.embed(lat.labels, lat.weights, noise)
+
+    # sigma = 0: the latent is the class embedding alone, whatever the noise
+    torch.testing.assert_close(embed(0.0, lat.noise), embed(0.0, other_noise), rtol=0, atol=0)
+    # sigma multiplies the noise before standardisation: sigma=2 on z equals sigma=1 on 2z
+    torch.testing.assert_close(embed(2.0, lat.noise), embed(1.0, 2.0 * lat.noise))
+    # and it matters: same embeddings, same noise, different sigma
+    assert (embed(0.25, lat.noise) - embed(2.0, lat.noise)).abs().max() > 0.1
 
 
 def test_frozen_embeddings_are_not_parameters():
