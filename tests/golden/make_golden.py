@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 # batches (p = 0.5 per batch), non-default loss weights so that each weight shows in the losses.
 CONFIG = dict(teacher="tiny_resnet", teacher_weights="random", eval_data="synthetic",
               epochs=2, steps_per_epoch=3, batch_size=16, warmup_epochs=1, act_range_epochs=1,
-              mix_prob=0.5, mix_classes=3, bns_weight=0.3, kd_alpha=0.8, kd_temperature=5.0,
+              mix_prob=0.5, mix_classes=3, bns_weight=0.3, kd_alpha=3.0, kd_temperature=5.0,
               lr_student=0.02, lr_generator=0.002, w_bits=8, a_bits=8, device="cpu",
               num_threads=1, seed=3)
 PHASES = (("warm-up", False, True), ("main", True, False))
