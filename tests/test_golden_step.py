@@ -35,7 +35,7 @@ def test_first_steps_of_each_phase_match_the_golden_record():
     got = mod.record()
     assert [(s["phase"], s["step"]) for s in got["steps"]] == \
         [(s["phase"], s["step"]) for s in want["steps"]]
-    for g, w in zip(got["steps"], want["steps"]):
+    for g, w in zip(got["steps"], want["steps"], strict=True):
         where = f"{w['phase']} step {w['step']}"
         assert set(g["losses"]) == set(w["losses"]), where
         for k, v in w["losses"].items():

@@ -33,7 +33,7 @@ def test_weight_grid_has_exactly_2_to_the_bits_even_levels_spanning_the_range(bi
     # too many, uneven steps or a range that is not covered fails here.
     lo = torch.tensor([-1.3, -0.2, 0.1])
     hi = torch.tensor([0.7, 2.9, 0.35])
-    w = torch.stack([torch.linspace(a, b, 4096) for a, b in zip(lo, hi)])   # (3, 4096)
+    w = torch.stack([torch.linspace(a, b, 4096) for a, b in zip(lo, hi, strict=True)])   # (3, 4096)
     got = quant.quantize_weight(w, bits)
     for c in range(3):
         levels = got[c].unique()

@@ -12,7 +12,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qimera_core import quant
@@ -243,7 +242,7 @@ def _step_effects(trial: Trial, train_student: bool, calibrate: bool):
             tb0, {k: v for k, v in trial.teacher.named_buffers()}),
         student_other_buffers=changed({k: sb0[k] for k in sb0.keys() - range_bufs},
                                       {k: sb1[k] for k in sb0.keys() - range_bufs}),
-        ranges_moved=sum(a != b for a, b in zip(r0, ranges(trial.student))),
+        ranges_moved=sum(a != b for a, b in zip(r0, ranges(trial.student), strict=True)),
         n_ranges=len(r0),
     )
 
@@ -342,7 +341,7 @@ def test_epoch_schedule_lr_milestones_warm_up_and_calibration(monkeypatch, tmp_p
             assert r["ranges"] == (e < calib), e      # ranges track only in the first epochs
         assert math.isnan(seen[e]["loss_s"]) == (e < warmup)
     # evaluation between epochs moves neither the student nor its ranges
-    for a, b in zip(epochs, epochs[1:]):
+    for a, b in zip(epochs[:-1], epochs[1:], strict=True):
         s_end, r_end = a[-1]["end"]
         s_start, _, r_start = b[0]["start"]
         assert not changed(s_end, s_start) and r_end == r_start

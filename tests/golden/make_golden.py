@@ -38,7 +38,8 @@ def _update(before: list[torch.Tensor], m: torch.nn.Module) -> dict[str, float]:
     """Checksums of one step's parameter update: sum |d| and the L2 norm of d. Signed sums are
     left out: biases in front of a BatchNorm get float-noise gradients whose sign (and thus the
     sign of their Adam step) is machine-dependent, while their magnitude is not."""
-    d = torch.cat([(p.detach() - b).flatten().double() for p, b in zip(m.parameters(), before)])
+    d = torch.cat([(p.detach() - b).flatten().double()
+                   for p, b in zip(m.parameters(), before, strict=True)])
     return {"abs_sum": float(d.abs().sum()), "l2": float(d.norm())}
 
 
