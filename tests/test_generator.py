@@ -110,6 +110,9 @@ def test_sigma_scales_the_noise_and_changes_the_latent():
     a = g.embed(one.labels, one.weights, one.noise, one.mixed)
     b = g.embed(quarter.labels, quarter.weights, quarter.noise, quarter.mixed)
     assert (a - b).abs().max() > 0.1
+    # sigma = 0: the latent is the class embedding alone, whatever the noise
+    zero = latents(1, sigma=0.0)
+    assert torch.equal(zero.labels, one.labels) and not zero.noise.any()
 
 
 def test_frozen_embeddings_are_not_parameters():

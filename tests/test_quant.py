@@ -25,9 +25,24 @@ def test_weight_quant_exact_per_channel(bits):
     hi = w.flatten(1).max(1).values.view(-1, 1, 1, 1)
     got = quant.quantize_weight(w, bits)
     torch.testing.assert_close(got, hand_quant(w, lo, hi, bits), atol=0, rtol=0)
-    # 2^b levels per channel at most, and the channel's range is covered
-    for c in range(8):
-        assert got[c].unique().numel() <= 2**bits
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_weight_grid_has_exactly_2_to_the_bits_even_levels_spanning_the_range(bits):
+    # Dense ramps, so that every level of the grid is hit: a grid with one level too few or
+    # too many, uneven steps or a range that is not covered fails here.
+    lo = torch.tensor([-1.3, -0.2, 0.1])
+    hi = torch.tensor([0.7, 2.9, 0.35])
+    w = torch.stack([torch.linspace(a, b, 4096) for a, b in zip(lo, hi, strict=True)])   # (3, 4096)
+    got = quant.quantize_weight(w, bits)
+    for c in range(3):
+        levels = got[c].unique()
+        step = float(hi[c] - lo[c]) / (2**bits - 1)
+        assert levels.numel() == 2**bits
+        torch.testing.assert_close(levels.diff(), torch.full((2**bits - 1,), step),
+                                   rtol=0, atol=1e-5)
+        assert abs(levels[0] - lo[c]) <= step / 2 + 1e-6      # zero-point rounding: <= 1/2 step
+        assert abs(levels[-1] - hi[c]) <= step / 2 + 1e-6
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
