@@ -55,12 +55,17 @@ def check_packable(cfgs: Sequence[TrainConfig]) -> None:
 
 
 def group(cfgs: Sequence[TrainConfig], size: int) -> list[list[TrainConfig]]:
-    """Compatible configs in packs of at most `size`, in their given order (first-seen key
-    order; the last pack of a key may be smaller)."""
+    """Compatible configs in packs of at most `size` (the last pack of a kind may be smaller).
+    Within a kind, configs of equal K go together, so that few members pad their slots to a
+    larger K; otherwise the given order is kept."""
     by_key: dict[str, list[TrainConfig]] = {}
     for c in cfgs:
         by_key.setdefault(pack_key(c), []).append(c)
-    return [same[i:i + size] for same in by_key.values() for i in range(0, len(same), size)]
+    out = []
+    for same in by_key.values():
+        same = sorted(same, key=lambda c: c.mix_classes)          # stable: order kept per K
+        out += [same[i:i + size] for i in range(0, len(same), size)]
+    return out
 
 
 class One:

@@ -178,4 +178,5 @@ def test_packable_configs_and_grouping(teacher_file):
     with pytest.raises(ValueError, match="seed"):
         pack.check_packable(rand)
     other = cfg(teacher_file, dm_layers=2, seed=7)
-    assert pack.group([a, other, b, c], 2) == [[a, b], [c], [other]]
+    # b superposes K=3, a and c K=2 and 2: equal K share a pack
+    assert pack.group([a, other, b, c], 2) == [[a, c], [b], [other]]
