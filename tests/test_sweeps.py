@@ -239,3 +239,53 @@ def test_status_of_tells_ok_error_diverged_and_stopped_apart():
     assert status_of({"epoch": 3, "diverged": 0}, "Traceback ...", 3) == "error"
     assert status_of({"epoch": 2, "diverged": 1}, "", 3) == "diverged"
     assert status_of({"epoch": 1, "diverged": 0}, "", 3) == "stopped"   # ASHA ended it early
+
+
+def test_offline_is_the_first_settings_rows_on_the_digits_offline_schedule():
+    from sweeps import main as main_table
+    from sweeps import table8, table9
+    t9 = grid.plan(table9.BLOCKS, seeds=3, offline=True)
+    assert len(t9) == 72 and {c.teacher for c in t9} == {"digits_resnet8"}
+    assert {(c.epochs, c.steps_per_epoch, c.batch_size) for c in t9} == {(8, 40, 32)}
+    assert len({(c.mix_prob, c.mix_classes) for c in t9}) == 24
+    m = grid.plan(main_table.BLOCKS, seeds=3, offline=True)
+    assert sorted({c.method for c in m}) == ["gdfq", "qimera"] and len(m) == 6
+    assert sorted({c.dm_layers for c in grid.plan(table8.BLOCKS, seeds=3, offline=True)}) == \
+        [0, 1, 2, 4, 8]
+
+
+def test_pack_flag_and_auto_pack_sizes():
+    pytest.importorskip("ray")
+    from sweeps.launch import _pack_flag, auto_pack_size, build_parser
+    assert _pack_flag("auto") == "auto" and _pack_flag("off") == "off" and _pack_flag("6") == 6
+    with pytest.raises(SystemExit):
+        build_parser("table9").parse_args(["--pack", "0"])
+    digits, cifar = build("digits-offline"), build("cifar100-resnet20-4w4a")
+    imagenet = build("imagenet-resnet50-4w4a")
+    assert auto_pack_size(digits, 72, gpus=0.0, slots=2) == 18       # 4 packs, 2 per slot
+    assert auto_pack_size(digits, 24, gpus=0.0, slots=2) == 12
+    assert auto_pack_size(digits, 3, gpus=0.0, slots=4) == 1         # more slots than runs
+    assert auto_pack_size(cifar, 72, gpus=0.0, slots=2) == 1         # compute-bound on CPUs
+    assert auto_pack_size(cifar, 72, gpus=0.25, slots=2) == 8
+    assert auto_pack_size(imagenet, 72, gpus=1.0, slots=2) == 1
+
+
+def test_a_packs_rows_are_one_per_member(tmp_path):
+    pytest.importorskip("ray")
+    from sweeps.launch import pack_gpus, write_trial
+    cfgs = [build("digits-smoke", mix_prob=p) for p in (0.1, 0.4)]
+    params = {"pack": {"configs": [c.to_dict() for c in cfgs]},
+              "run": {"gpus": {"digits_resnet8": 0.25}}}
+    assert pack_gpus(params) == 0.5
+    last = {"epoch": 3, "time_total_s": 100.0, "device_name": "cpu",
+            "members": [_metrics(3, 50.0), _metrics(3, 60.0)]}
+    curves = {0: {e: _metrics(e, 40.0 + e) for e in (1, 2, 3)},
+              1: {e: _metrics(e, 50.0 + e) for e in (1, 2, 3)}}
+    write_trial("table9", tmp_path, "abc_00001", params, last, "", curves)
+    trials = rows.read_trials(tmp_path)
+    assert list(trials["trial_id"]) == ["abc_00001_m0", "abc_00001_m1"]
+    assert list(trials["config_hash"]) == [c.config_hash for c in cfgs]
+    assert list(trials["top1"]) == [50.0, 60.0] and set(trials["pack_id"]) == {"abc_00001"}
+    assert set(trials["pack_size"]) == {2} and list(trials["gpu_seconds"]) == [25.0, 25.0]
+    assert len(rows.read_curves(tmp_path)) == 6
+    assert rows.pack_recorded(tmp_path, "abc_00001", cfgs)
