@@ -438,7 +438,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         if args.resume:
             return resume(table, prefix, args, results_dir)
         todo = skip_finished(table, configs, results_dir)
-    except GridError as err:
+    except (GridError, results.SchemaError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{table}: {len(configs)} trials, {len(configs) - len(todo)} reused, "
           f"{len(todo)} to run")
@@ -481,7 +481,7 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
     if args.resume:
         try:
             return resume(args.table, prefix, args, results_dir)
-        except GridError as err:
+        except (GridError, results.SchemaError) as err:
             print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
             return 2
     base = grid.absolute_paths(base)
