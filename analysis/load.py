@@ -152,7 +152,8 @@ def load(directory: Path | str) -> Results:
     """Reads `DIR/trials-*.parquet` and `DIR/curves-*.parquet`; raises AnalysisError if unusable."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise AnalysisError(f"results directory {directory} does not exist; pass the "
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise AnalysisError(f"results directory {directory} {what}; pass the "
                             "--results DIR that the sweep wrote to")
     raw_trials = _read_files(directory, "trials")
     raw_curves = _read_files(directory, "curves")

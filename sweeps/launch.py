@@ -24,7 +24,7 @@ import ray
 from ray import tune
 
 from qimera_core import results
-from qimera_core.config import TrainConfig, add_config_flags, overrides_from_args
+from qimera_core.config import ArgumentParser, TrainConfig, add_config_flags, overrides_from_args
 from sweeps import grid, rows
 from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
 
@@ -184,9 +184,9 @@ class TrialDirName:
 # ---- command line ----------------------------------------------------------------------------
 def build_parser(table: str, doc: str | None = None) -> argparse.ArgumentParser:
     """The flags of a table script: what to run, then the flags every sweep shares."""
-    p = argparse.ArgumentParser(prog=f"python -m sweeps.{table}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(prog=f"python -m sweeps.{table}", description=doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
     g = p.add_argument_group("what to run")
     g.add_argument("--smoke-test", action="store_true",
                    help="the first block's axes, one seed, on the offline digits-smoke setting: "
@@ -257,12 +257,48 @@ def check_overrides(overrides: Mapping[str, Any]) -> None:
             raise GridError(f"--{key.replace('_', '-')} is set by the sweep; use {instead}")
 
 
+# (flag, smallest allowed value, what it means) of the run flags that take a count
+_RUN_MINIMA = (("num_cpus", 1, "CPUs"), ("cpus_per_trial", 1, "CPUs"),
+               ("gpus_per_trial", 0, "GPUs"), ("max_concurrent", 0, "0 = no limit"),
+               ("max_failures", -1, "-1 = retry forever"), ("keep_checkpoints", 1, "checkpoints"),
+               ("fail_once_at_epoch", 0, "0 = off"))
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """Out-of-range run flags and unusable paths, refused before any work."""
+    for key, low, meaning in _RUN_MINIMA:
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            raise GridError(f"--{key.replace('_', '-')} must be >= {low} ({meaning}), "
+                            f"got {value:g}")
+    if args.results.exists() and not args.results.is_dir():
+        raise GridError(f"--results {args.results} is a file; pass a directory (it is created)")
+    local = Path(args.storage.removeprefix("file://")).expanduser()
+    if "://" not in args.storage.removeprefix("file://") and local.exists() \
+            and not local.is_dir():
+        raise GridError(f"--storage {args.storage} is a file; pass a directory or a URI")
+
+
+def check_inputs(configs: Sequence[TrainConfig]) -> None:
+    """The files a user named (--teacher-weights, npz:PATH), read and checked once per distinct
+    use, so a wrong path or shape fails here and not in every trial."""
+    from qimera_core import prepare
+    for cfg in {(c.teacher, c.teacher_weights, c.eval_data): c for c in configs}.values():
+        try:
+            prepare.check_inputs(cfg)
+        except (ValueError, OSError) as e:
+            raise GridError(str(e)) from None
+
+
 def plan_trials(blocks: Sequence[Block], args: argparse.Namespace) -> list[TrainConfig]:
+    check_run_flags(args)
     overrides = overrides_from_args(args)
     check_overrides(overrides)
     seeds = args.seeds if args.seeds is not None else (1 if args.smoke_test else 3)
-    return grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
-                     overrides=overrides)
+    configs = grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
+                        overrides=overrides)
+    check_inputs(configs)
+    return configs
 
 
 def skip_finished(table: str, configs: list[TrainConfig], results_dir: Path
@@ -448,7 +484,10 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
             print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
                   + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
         return 0
-    prepare_all(todo)
+    try:
+        prepare_all(todo)
+    except (ValueError, OSError) as err:               # e.g. no network for a download
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     start_ray(args)
     gpus = gpus_by_teacher(todo, args)
     space = {"config": tune.grid_search([place(c, gpus, args.cpus_per_trial).to_dict()
