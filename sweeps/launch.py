@@ -25,7 +25,7 @@ from ray import tune
 
 from qimera_core import results
 from qimera_core.config import ArgumentParser, TrainConfig, add_config_flags, overrides_from_args
-from sweeps import grid, rows
+from sweeps import grid, rows, shared
 from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
 
 log = logging.getLogger(__name__)
@@ -452,6 +452,7 @@ def resume(table: str, prefix: str, args: argparse.Namespace, results_dir: Path)
         raise GridError(f"--resume: {path} holds no Tune experiment to restore")
     print(f"{table}: resuming {path}")
     start_ray(args)
+    shared.check_nodes(args.storage, [])
     _quiet_tune(args)
     _, finished = rows.recorded(results_dir)
     tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
@@ -489,6 +490,10 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
     except (ValueError, OSError) as err:               # e.g. no network for a download
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     start_ray(args)
+    try:
+        shared.check_nodes(args.storage, todo)          # multi-node: shared storage, cache
+    except GridError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     gpus = gpus_by_teacher(todo, args)
     space = {"config": tune.grid_search([place(c, gpus, args.cpus_per_trial).to_dict()
                                          for c in todo]),
@@ -526,6 +531,11 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
     base = grid.absolute_paths(base)
     prepare_all([base])
     start_ray(args)
+    try:
+        shared.check_nodes(args.storage, [base])
+    except GridError as err:
+        print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+        return 2
     gpus = gpus_by_teacher([base], args)
     cfg = place(base, gpus, args.cpus_per_trial)
     space = {"config": {**cfg.to_dict(), **{k: to_domain(d) for k, d in dims.items()}},
