@@ -77,9 +77,9 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
     """
     from qimera_core.train import train  # torch loads in trials, not before the grid is checked
     cfg = TrainConfig.from_dict(params["config"])
-    if cfg.config_hash in finished:
-        return
     run = params["run"]
+    if cfg.config_hash in finished or _finished_elsewhere(run.get("results", ""), cfg):
+        return
     reporter = TuneReporter(_claim_device(cfg, run["gpus"][cfg.teacher]),
                             run.get("fail_once_at_epoch", 0),
                             Path(tune.get_context().get_trial_dir()) / ".failed-once")
@@ -89,6 +89,15 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
           resume.as_directory() if resume else contextlib.nullcontext() as resume_dir):
         train(cfg, Path(out_dir), report=reporter,
               resume_from=Path(resume_dir) if resume_dir else None)
+
+
+def _finished_elsewhere(results_dir: str, cfg: TrainConfig) -> bool:
+    """Whether another driver (a second sweep into the same --results) finished this config
+    after this one planned it. Checked where this node sees --results (one machine, or a
+    shared filesystem); elsewhere two drivers may both run it, which costs time, not rows."""
+    if not results_dir or not Path(results_dir).is_dir():
+        return False
+    return cfg.config_hash in rows.recorded(Path(results_dir))[1]
 
 
 def trial_resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
@@ -138,9 +147,16 @@ class ResultsWriter(tune.Callback):
         curves = self._curves.pop(trial.trial_id, {})
         cfg_hash = TrainConfig.from_dict(trial.config["config"]).config_hash
         if rows.is_recorded(self.results_dir, trial.trial_id, cfg_hash):
-            return                                   # written before a driver restart
+            adopt_finished(self.table, self.results_dir, cfg_hash)
+            return                     # written before a driver restart, or by another driver
         write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
                     trial.last_result or {}, error, curves.values())
+
+
+def adopt_finished(table: str, results_dir: Path, config_hash: str) -> None:
+    """File another table's finished row of `config_hash` (and its curves) under `table` too."""
+    done = rows.finished_rows(results_dir)
+    rows.adopt(results_dir, table, done[done["config_hash"] == config_hash])
 
 
 def _error_text(trial: Any) -> str:
@@ -416,6 +432,10 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
         cfg = TrainConfig.from_dict(res.config["config"])
         if not rows.is_recorded(results_dir, trial_id, cfg.config_hash):
             write_trial(table, results_dir, trial_id, res.config, res.metrics, error)
+        elif not res.metrics:          # ended at once: another driver had finished its config
+            adopt_finished(table, results_dir, cfg.config_hash)
+            counts["reused"] = counts.get("reused", 0) + 1
+            continue
         status = rows.status_of(res.metrics, error, cfg.epochs)
         counts[status] = counts.get(status, 0) + 1
     print(f"{table}: {sum(counts.values())} trials in the experiment: "
@@ -497,7 +517,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
     gpus = gpus_by_teacher(todo, args)
     space = {"config": tune.grid_search([place(c, gpus, args.cpus_per_trial).to_dict()
                                          for c in todo]),
-             "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
+             "run": {"cpus": args.cpus_per_trial, "gpus": gpus, "results": str(results_dir),
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
     return launch(table, experiment_name(args, prefix), space, axes, args, results_dir)
 
