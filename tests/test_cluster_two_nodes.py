@@ -86,16 +86,20 @@ def _in_netns(pid: int, *cmd: str) -> None:
 
 
 def _link(head_pid: int, worker_pid: int) -> None:
-    """A veth pair between the two network namespaces, with an address and a default route on
-    each end (Ray finds a node's own address by routing towards a public one)."""
+    """A veth pair between the two network namespaces. Each node's address sits on its own
+    loopback device, with routes over the veth (and a default route: Ray finds a node's
+    address by routing towards a public one), so that the head keeps its address when the
+    worker's namespace, and with it the veth pair, is gone."""
     tag = uuid.uuid4().hex[:6]
     a, b = f"qh{tag}", f"qw{tag}"
     subprocess.run(["ip", "link", "add", a, "netns", str(head_pid), "type", "veth", "peer",
                     "name", b, "netns", str(worker_pid)], check=True, capture_output=True)
-    for pid, dev, ip in ((head_pid, a, HEAD_IP), (worker_pid, b, WORKER_IP)):
-        _in_netns(pid, "ip", "addr", "add", f"{ip}/24", "dev", dev)
+    for pid, dev, ip, other in ((head_pid, a, HEAD_IP, WORKER_IP),
+                                (worker_pid, b, WORKER_IP, HEAD_IP)):
+        _in_netns(pid, "ip", "addr", "add", f"{ip}/32", "dev", "lo")
         _in_netns(pid, "ip", "link", "set", dev, "up")
-        _in_netns(pid, "ip", "route", "add", "default", "dev", dev)
+        _in_netns(pid, "ip", "route", "add", f"{other}/32", "dev", dev, "src", ip)
+        _in_netns(pid, "ip", "route", "add", "default", "dev", dev, "src", ip)
 
 
 def _ssh(nodes: Nodes, ip: str, cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -275,7 +279,8 @@ def test_lost_worker_node_trials_resume_and_match_a_clean_run(two_nodes: Nodes,
         _run([sys.executable, "-m", "sweeps.table9", *SWEEP, "--address", "local",
               "--storage", str(clean / "storage"), "--results", str(clean / "results"),
               "--cache-dir", str(two_nodes.home / "qimera-cache")], tmp_path, 480,
-             env={**env, "PYTHONPATH": str(REPO)})
+             env={k: v for k, v in {**os.environ, "PYTHONPATH": str(REPO)}.items()
+                  if k != "RAY_ADDRESS"})
         ref = rows.read_trials(clean / "results").set_index("config_hash")[SAME].sort_index()
         got = trials.set_index("config_hash")[SAME].sort_index()
         pd.testing.assert_frame_equal(got, ref, check_exact=True)
