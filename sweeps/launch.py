@@ -1,5 +1,5 @@
 """Run a table's trials on Ray Tune: validate, skip finished work, prepare data, launch, write
-Parquet rows as trials end, resume. The only module of the project that imports Ray.
+Parquet rows as trials end, resume. With sweeps/shared.py, the only code that imports Ray.
 
     python -m sweeps.table9 --smoke-test --storage /tmp/s --results /tmp/r
 """
