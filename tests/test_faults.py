@@ -115,3 +115,21 @@ def test_a_bad_only_checkpoint_says_so(tmp_path):
     (tmp_path / checkpoint.FILENAME).write_bytes(b"")
     with pytest.raises(ValueError, match="no state.prev.pt to fall back to"):
         checkpoint.load(tmp_path)
+
+
+def test_a_truncated_file_blocks_neither_a_sweep_nor_the_analysis(tmp_path, capsys):
+    """The new user's case from the issue: one truncated trials file in --results."""
+    from analysis.cli import main as analysis
+    from sweeps import table9
+    from sweeps.launch import main as sweep
+    _good_files(tmp_path)
+    _truncated(tmp_path / "trials-cut.parquet")
+    assert sweep("table9", table9.BLOCKS, ["--smoke-test", "--dry-run", "--results",
+                                           str(tmp_path)]) == 0
+    assert "table9: 24 trials" in capsys.readouterr().out
+    assert (tmp_path / "quarantine" / "trials-cut.parquet").is_file()
+    _truncated(tmp_path / "trials-cut2.parquet")
+    assert analysis(["status", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "table9" in out.out
+    assert (tmp_path / "quarantine" / "trials-cut2.parquet").is_file()
