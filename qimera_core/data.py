@@ -258,9 +258,9 @@ def check_npz(cfg: TrainConfig) -> None:
     if tuple(images.shape[1:]) != s.input_shape:
         c, h, w = s.input_shape
         raise ValueError(f"eval_data {cfg.eval_data!r} has images of shape (C, H, W) = "
-                         f"{tuple(images.shape[1:])}, but teacher {s.name!r} takes {s.input_shape}: "
-                         f"save 'images' as uint8 (N, {h}, {w}, {c}), or pick the matching "
-                         "--teacher")
+                         f"{tuple(images.shape[1:])}, but teacher {s.name!r} takes "
+                         f"{s.input_shape}: save 'images' as uint8 (N, {h}, {w}, {c}), or pick "
+                         "the matching --teacher")
 
 
 def _check_matches(cfg: TrainConfig, s: models.TeacherSpec, shape: tuple[int, ...],

@@ -15,8 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qimera_core.config import (FIELD_NAMES, PRESETS, ArgumentParser, TrainConfig,
-                                add_config_flags, build)
+from qimera_core.config import (
+    FIELD_NAMES,
+    PRESETS,
+    ArgumentParser,
+    TrainConfig,
+    add_config_flags,
+    build,
+)
 from sweeps.grid import GridError
 
 log = logging.getLogger(__name__)

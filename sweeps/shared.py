@@ -59,8 +59,8 @@ def check_nodes(storage: str, configs: Sequence[TrainConfig], timeout_s: float =
         path.mkdir(parents=True, exist_ok=True)
         marker = path / f".qimera-shared-check-{token}"
         marker.write_text(token)
-    needs = [c.to_dict() for c in
-             {(c.teacher, c.teacher_weights, c.eval_data, c.cache_dir): c for c in configs}.values()]
+    distinct = {(c.teacher, c.teacher_weights, c.eval_data, c.cache_dir): c for c in configs}
+    needs = [c.to_dict() for c in distinct.values()]
     try:
         refs = {_node_problems.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
                     node, soft=False)).remote(str(marker or ""), token, needs): ip

@@ -27,12 +27,21 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_cluster_loopback import (
+    LO_UP,
+    PY_BIN,
+    RAY,
+    REPO,
+    SSHD,
+    _keys_and_config,
+    _missing_prerequisite,
+    _namespace_child,
+    _run,
+    _ssh_control_dir,
+)
 
 from qimera_core import results
 from sweeps import rows
-from test_cluster_loopback import (LO_UP, PY_BIN, RAY, REPO, SSHD, _keys_and_config,
-                                   _missing_prerequisite, _namespace_child, _run,
-                                   _ssh_control_dir)
 
 pytestmark = pytest.mark.cluster
 
