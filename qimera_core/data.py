@@ -148,8 +148,8 @@ def _npz(path: str, num_classes: int) -> tuple[Tensor, Tensor, int, float]:
                          "holding images uint8 (N, H, W, C) and labels (N,)")
     try:
         z = np.load(p, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"eval_data 'npz:{path}': {p} is not a readable .npz file ({e}); "
+    except (OSError, ValueError, zipfile.BadZipFile):  # numpy's own text is about pickles
+        raise ValueError(f"eval_data 'npz:{path}': {p} is not a readable .npz file; "
                          "write it with np.savez(path, images=..., labels=...)") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ValueError(f"eval_data 'npz:{path}': {p} holds one array, not an .npz archive; "
