@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from qimera_core.config import ArgumentParser
+
 from . import render, status
 from .load import AnalysisError, Results, load
 from .tables import METRICS, TABLES, make_tables, table_name
@@ -45,7 +47,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    parser = ArgumentParser(prog="python -m analysis", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("tables", help="write the paper tables as CSV, Markdown and LaTeX")
@@ -89,6 +91,16 @@ def _names(args: argparse.Namespace) -> list[str] | None:
     if not args.table:
         return None
     return [table_name(t) for arg in args.table for t in arg.split(",") if t.strip()]
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flags that can be wrong on their own, refused before the results are read."""
+    if getattr(args, "table", None):
+        _names(args)                                   # raises on an unknown table
+    if getattr(args, "seeds", None) is not None and args.seeds < 1:
+        raise AnalysisError(f"--seeds must be >= 1, got {args.seeds}")
+    if getattr(args, "out", None) is not None and args.out.is_file():
+        raise AnalysisError(f"--out {args.out} is a file; pass a directory (it is created)")
 
 
 def _table_kwargs(args: argparse.Namespace) -> dict:
@@ -254,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        _check_flags(args)
         return args.func(args)
     except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"python -m analysis {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -94,33 +94,11 @@ def setting_sort_key(dataset: str, model: str, bits: str) -> tuple:
 
 
 def _read_files(directory: Path, stem: str) -> pd.DataFrame:
-    frames = []
-    for path in sorted(directory.glob(f"{stem}-*.parquet")):
-        try:
-            df = pd.read_parquet(path)
-        except FileNotFoundError:  # a running trial's per-epoch file, merged into its final one
-            continue
-        _check_schema(df, path)
-        frames.append(df)
-    if not frames:
-        return results.to_frame([])
-    return pd.concat(frames, ignore_index=True)
-
-
-def _check_schema(df: pd.DataFrame, path: Path) -> None:
-    if "schema_version" not in df.columns:
-        raise AnalysisError(f"{path} has no schema_version column: it was not written by "
-                            "qimera_core.results.write. Move it out of the results directory.")
-    found = sorted({int(v) for v in df["schema_version"].dropna().unique()})
-    if found and found != [results.SCHEMA_VERSION]:
-        raise AnalysisError(
-            f"{path} has schema_version {found}, but this analysis reads version "
-            f"{results.SCHEMA_VERSION} only. Install the qimera-sweeps version that wrote it "
-            "(see its git_sha column), or move the file out of the results directory.")
-    missing = [c for c in results.columns() if c not in df.columns]
-    if missing:
-        raise AnalysisError(f"{path} lacks schema columns {missing}; the file is damaged or "
-                            "was written by another tool. Move it out of the results directory.")
+    """results.read, the one reader: bad files go to DIR/quarantine/ with a warning there."""
+    try:
+        return results.read(directory, stem)
+    except results.SchemaError as e:
+        raise AnalysisError(str(e)) from None
 
 
 def dedupe_trials(raw: pd.DataFrame) -> pd.DataFrame:
@@ -174,7 +152,8 @@ def load(directory: Path | str) -> Results:
     """Reads `DIR/trials-*.parquet` and `DIR/curves-*.parquet`; raises AnalysisError if unusable."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise AnalysisError(f"results directory {directory} does not exist; pass the "
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise AnalysisError(f"results directory {directory} {what}; pass the "
                             "--results DIR that the sweep wrote to")
     raw_trials = _read_files(directory, "trials")
     raw_curves = _read_files(directory, "curves")

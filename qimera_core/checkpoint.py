@@ -1,9 +1,12 @@
-"""One checkpoint file per trial (a pack: all its members), written atomically, and loading a
-trained run back."""
+"""A trial's checkpoint (the latest and the one before, each written atomically; a pack's holds
+all its members), and loading a trained run back."""
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,33 +16,57 @@ from torch import nn
 
 from qimera_core.config import TrainConfig
 
+log = logging.getLogger(__name__)
+
 FILENAME = "state.pt"
+PREVIOUS = "state.prev.pt"  # the checkpoint before: load() falls back to it if the latest is bad
 FORMAT = 2      # 2: per-member configs and progress, a pack's tensors stacked
 
 
 def save(ckpt_dir: Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `ckpt_dir/state.pt` via a temporary file and an atomic rename, so a
-    trial killed mid-write leaves the previous checkpoint intact."""
+    """Write `state` to `ckpt_dir/state.pt` via a temporary file and an atomic rename, keeping
+    the previous one as state.prev.pt: a trial killed mid-write, or a latest file damaged in a
+    copy, still leaves a checkpoint to resume from."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / f".{FILENAME}.{os.getpid()}.tmp"
     torch.save({"format": FORMAT, **state}, tmp)
+    if (ckpt_dir / FILENAME).is_file():
+        os.replace(ckpt_dir / FILENAME, ckpt_dir / PREVIOUS)
     os.replace(tmp, ckpt_dir / FILENAME)
     return ckpt_dir
 
 
 def exists(ckpt_dir: Path) -> bool:
-    return (Path(ckpt_dir) / FILENAME).is_file()
+    return any((Path(ckpt_dir) / name).is_file() for name in (FILENAME, PREVIOUS))
 
 
 def load(ckpt_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(ckpt_dir) / FILENAME
-    if not path.is_file():
+    """The latest checkpoint in `ckpt_dir`; the previous one, with a warning, if the latest is
+    missing or unreadable (truncated, empty, not a checkpoint)."""
+    path, previous = Path(ckpt_dir) / FILENAME, Path(ckpt_dir) / PREVIOUS
+    if not path.is_file() and not previous.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass the directory that holds "
                                 f"{FILENAME} (a trial's out_dir/checkpoint)")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = _read(path, map_location)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        if not previous.is_file():
+            raise ValueError(f"checkpoint {path} is unreadable ({e}) and there is no "
+                             f"{PREVIOUS} to fall back to; start the run again in a new "
+                             "out_dir") from None
+        log.warning("checkpoint %s is unreadable (%s); falling back to %s, one epoch earlier",
+                    path, str(e).splitlines()[0] if str(e) else type(e).__name__, previous)
+        state = _read(previous, map_location)
     if state.get("format") != FORMAT:
         raise ValueError(f"{path} has checkpoint format {state.get('format')!r}; this version "
                          f"reads format {FORMAT}")
+    return state
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict):
+        raise RuntimeError(f"holds a {type(state).__name__}, not a checkpoint dict")
     return state
 
 

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 METHODS = ("qimera", "gdfq")
 # The switches that turn Qimera into the GDFQ baseline (method doc §9.2).
@@ -291,6 +291,14 @@ def build(preset: str | None = None, **overrides: Any) -> TrainConfig:
 
 
 # ---- CLI flags from the fields -------------------------------------------------------------
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: with ~50 flags, the usage block argparse prints first
+    would bury the line that says what is wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One `--kebab-case` flag per field; unset flags stay None so presets are not overridden."""
     for name, f in FIELDS.items():

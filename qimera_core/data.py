@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,8 +143,18 @@ def _cifar(cfg: TrainConfig, name: str) -> tuple[Tensor, Tensor, int, float]:
 def _npz(path: str, num_classes: int) -> tuple[Tensor, Tensor, int, float]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ValueError(f"eval_data 'npz:{path}': file {p.resolve()} not found")
-    with np.load(p, allow_pickle=False) as z:
+        what = "is not a file" if p.exists() else "not found"
+        raise ValueError(f"eval_data 'npz:{path}': {p.resolve()} {what}; pass the .npz file "
+                         "holding images uint8 (N, H, W, C) and labels (N,)")
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile):  # numpy's own text is about pickles
+        raise ValueError(f"eval_data 'npz:{path}': {p} is not a readable .npz file; "
+                         "write it with np.savez(path, images=..., labels=...)") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"eval_data 'npz:{path}': {p} holds one array, not an .npz archive; "
+                         "write it with np.savez(path, images=..., labels=...)")
+    with z:
         if "images" not in z or "labels" not in z:
             raise ValueError(f"{p} needs arrays 'images' (N,H,W,C uint8) and 'labels' (N,); "
                              f"it has {sorted(z.keys())}")
@@ -153,6 +164,9 @@ def _npz(path: str, num_classes: int) -> tuple[Tensor, Tensor, int, float]:
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{p}: 'images' must be uint8 (N, H, W, C) in 0-255, got "
                          f"{images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"{p}: 'labels' must be (N,) with one label per image, got "
+                         f"{labels.shape} for {len(images)} images")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"{p}: labels must be in 0..{num_classes - 1} for this teacher, got "
                          f"{labels.min()}..{labels.max()}")
@@ -237,6 +251,18 @@ def check_compatible(cfg: TrainConfig) -> None:
         shape, n_classes = KNOWN_SHAPES[kind]
         _check_matches(cfg, s, shape, n_classes)
     _check_norm(resolve_normalization(cfg), s.input_shape[0])
+
+
+def check_npz(cfg: TrainConfig) -> None:
+    """Read an `npz:PATH` test set and raise ValueError unless it fits the teacher."""
+    s = models.spec(cfg.teacher)
+    images, _, _, _ = _npz(cfg.eval_data[4:], s.num_classes)
+    if tuple(images.shape[1:]) != s.input_shape:
+        c, h, w = s.input_shape
+        raise ValueError(f"eval_data {cfg.eval_data!r} has images of shape (C, H, W) = "
+                         f"{tuple(images.shape[1:])}, but teacher {s.name!r} takes "
+                         f"{s.input_shape}: save 'images' as uint8 (N, {h}, {w}, {c}), or pick "
+                         "the matching --teacher")
 
 
 def _check_matches(cfg: TrainConfig, s: models.TeacherSpec, shape: tuple[int, ...],

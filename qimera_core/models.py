@@ -231,7 +231,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; name the file either way
-        raise ValueError(f"cannot read teacher weights {path}: {e}") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"cannot read teacher weights {path} ({first}); pass a state_dict "
+                         "file written by torch.save") from e
     sd = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f"{path} is not a state_dict (or a dict with a 'state_dict' entry)")

@@ -6,7 +6,6 @@ or trains teachers. Training runs call `ensure_ready()`, which only checks.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from qimera_core import config, data, models
-from qimera_core.config import TrainConfig
+from qimera_core.config import ArgumentParser, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,21 @@ def ensure_ready(cfg: TrainConfig) -> None:
     problems = [p for p in (_weights_problem(cfg), _data_problem(cfg)) if p]
     if problems:
         raise ValueError("not ready to run: " + "; ".join(problems))
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Raise ValueError if a file the user named is missing or unusable: --teacher-weights and
+    `npz:PATH` are read and checked against the teacher. The CLIs call this before any run;
+    nothing is downloaded or written."""
+    if cfg.teacher_weights not in ("", "random"):
+        path = Path(cfg.teacher_weights).expanduser()
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ValueError(f"--teacher-weights {path} {what}; pass the path of a state_dict "
+                             "file")
+        models.load_weights(models.spec(cfg.teacher).builder(), path)
+    if cfg.eval_data.startswith("npz:"):
+        data.check_npz(cfg)
 
 
 # ---- checks ----------------------------------------------------------------------------------
@@ -244,7 +258,7 @@ def _prepare_data(cfg: TrainConfig) -> None:
 
 # ---- CLI -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m qimera_core.prepare",
         description="Download or train the teacher weights and fetch the eval data a config "
                     "needs, into its cache. Needs internet except for the digits presets.")
@@ -261,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     pkg_log.setLevel(logging.INFO)
     try:
         cfg = config.build(args.preset, **config.overrides_from_args(args))
+        check_inputs(cfg)
         prepare(cfg)
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -18,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from qimera_core.config import FIELDS, TrainConfig
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+QUARANTINE = "quarantine"   # DIR/quarantine/: unreadable or foreign files, moved aside by read()
 # What the driver knows about a trial.
 # pack_id: the Tune trial (one process) the run trained in; pack_size: how many runs it held.
 RUN_COLUMNS = ("schema_version", "table", "trial_id", "config_hash", "status", "error",
@@ -35,6 +41,13 @@ STATUSES = ("ok", "error", "diverged", "stopped")  # stopped: ended early by a s
 # Rows of trials that have not ended: a curve row written as its epoch is reported (running),
 # and a sweep's plan row for a trial not yet reported (pending). Never in a trials row.
 LIVE_STATUSES = ("running", "pending")
+# Run columns added after files of this schema version were first written, with the value an
+# older file stands for; read() fills them in. (Config fields added later take their default.)
+LATE_COLUMNS: dict[str, Any] = {"pack_id": "", "pack_size": 1}
+
+
+class SchemaError(ValueError):
+    """A results file written by a newer version of this code: refused, never moved aside."""
 
 
 def columns() -> list[str]:
@@ -96,44 +109,86 @@ def write(rows: Iterable[Mapping[str, Any]], directory: Path, stem: str) -> Path
 
 def read(directory: Path, stem: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """All `stem-*.parquet` files in `directory` as one frame (empty frame if none); only
-    `columns` when given, which keeps frequent look-ups cheap."""
-    files = sorted(Path(directory).glob(f"{stem}-*.parquet"))
+    `columns` when given, which keeps frequent look-ups cheap.
+
+    A truncated, empty or foreign file is moved to `directory/quarantine/` with one warning
+    line and the rest is read, so one bad copy never blocks a sweep or the analysis. A file of
+    a newer schema version raises SchemaError: it is good data for newer code.
+    """
+    directory = Path(directory)
     cols = list(columns) if columns else None
-    if not files:
-        return to_frame([])[cols] if cols else to_frame([])
-    frames = [df for df in (_read_one(f, cols) for f in files) if df is not None]
+    frames = [df for f in sorted(directory.glob(f"{stem}-*.parquet"))
+              if (df := _read_file(f, cols)) is not None]
     if not frames:
         return to_frame([])[cols] if cols else to_frame([])
-    return _fill_pack_columns(pd.concat(frames, ignore_index=True), cols)
+    df = pd.concat(frames, ignore_index=True)
+    if "pack_id" in df and "trial_id" in df:         # a row from before packs: its own pack
+        df["pack_id"] = df["pack_id"].mask(df["pack_id"] == "", df["trial_id"])
+    return df
 
 
-def _read_one(path: Path, columns: list[str] | None) -> pd.DataFrame | None:
-    """One file, or None if it vanished since the glob: a sweep removes a trial's per-epoch
-    curve files once the same rows are in its final file."""
+def _read_file(path: Path, cols: list[str] | None) -> pd.DataFrame | None:
+    """One results file with the schema's columns (or `cols`), or None if it was moved aside."""
     try:
-        return pd.read_parquet(path, columns=_present(path, columns))
+        names = set(pq.read_schema(path).names)
+    except FileNotFoundError:
+        return None                                  # another reader quarantined it just now
+    except (OSError, pa.ArrowException) as e:
+        return _quarantine(path, f"not a readable Parquet file, truncated or empty? ({_first(e)})")
+    if "schema_version" not in names:
+        return _quarantine(path, "no schema_version column: not written by "
+                                 "qimera_core.results.write")
+    want = cols or columns()
+    missing = [c for c in want if c not in names and _default(c) is _NO_DEFAULT]
+    if missing:
+        return _quarantine(path, f"lacks the schema columns {missing}")
+    try:
+        df = pd.read_parquet(path, columns=sorted({"schema_version", *want} & names))
     except FileNotFoundError:
         return None
+    except (OSError, pa.ArrowException) as e:
+        return _quarantine(path, f"damaged Parquet data ({_first(e)})")
+    newest = df["schema_version"].max() if len(df) else SCHEMA_VERSION
+    if newest > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema_version {int(newest)}, but this qimera-sweeps reads version "
+            f"{SCHEMA_VERSION} at most: install the version that wrote it (its git_sha column "
+            "says which), or point --results at a directory of your own")
+    for c in want:
+        if c not in df.columns:
+            df[c] = _default(c)
+    return df[want]
 
 
-def _present(path: Path, cols: list[str] | None) -> list[str] | None:
-    """`cols` less the pack columns a file from before packs lacks."""
-    if cols is None or not set(cols) & {"pack_id", "pack_size"}:
-        return cols
-    import pyarrow.parquet as pq
-    names = set(pq.read_schema(path).names)
-    return [c for c in cols if c in names or c not in ("pack_id", "pack_size")]
+_NO_DEFAULT = object()
 
 
-def _fill_pack_columns(df: pd.DataFrame, cols: list[str] | None) -> pd.DataFrame:
-    """Rows written before packs existed ran alone: pack_id = trial_id, pack_size = 1."""
-    if cols is None or "pack_id" in cols:
-        ids = df["trial_id"] if "trial_id" in df else ""
-        df["pack_id"] = df["pack_id"].fillna(ids) if "pack_id" in df else ids
-    if cols is None or "pack_size" in cols:
-        df["pack_size"] = (df["pack_size"].fillna(1) if "pack_size" in df else 1)
-        df["pack_size"] = df["pack_size"].astype("int64")
-    return df[cols] if cols else df
+def _first(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]  # a warning stays one line
+
+
+def _default(column: str) -> Any:
+    if column in LATE_COLUMNS:
+        return LATE_COLUMNS[column]
+    f = FIELDS.get(column)
+    if f is not None and f.default is not dataclasses.MISSING:
+        return f.default
+    return _NO_DEFAULT
+
+
+def _quarantine(path: Path, why: str) -> None:
+    """Move a bad results file to DIR/quarantine/ (never delete: it may be someone's data)."""
+    dest_dir = path.parent / QUARANTINE
+    dest_dir.mkdir(exist_ok=True)
+    dest = dest_dir / path.name
+    if dest.exists():
+        dest = dest_dir / f"{path.stem}-{uuid.uuid4().hex[:6]}{path.suffix}"
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return None                                  # another reader moved it first
+    log.warning("moved %s to %s/: %s", path, dest_dir, why)
+    return None
 
 
 _ENV: dict[str, str] | None = None

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from qimera_core import checkpoint, data, models, pack, prepare, quant, results
-from qimera_core.config import (PRESETS, RUN_ONLY_FIELDS, TrainConfig, add_config_flags, build,
-                                overrides_from_args)
+from qimera_core.config import (PRESETS, RUN_ONLY_FIELDS, ArgumentParser, TrainConfig,
+                                add_config_flags, build, overrides_from_args)
 from qimera_core.generator import Generator, Latents, sample_latents, stack_latents
 from qimera_core.losses import TeacherWithBNStats, kd_loss, soft_cross_entropy
 from qimera_core.report import Reporter, log_reporter
@@ -443,8 +443,8 @@ def _fmt(d: Mapping[str, float]) -> str:
 
 # ---- CLI -------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
-    p = argparse.ArgumentParser(prog="python -m qimera_core.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m qimera_core.train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setting")
     p.add_argument("--out", type=Path, required=True, help="run directory (result.json, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -454,6 +454,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
         cfg = build(args.preset, **overrides_from_args(args))
     except ValueError as e:
         p.error(str(e))
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file; pass a directory for the run (it is created)")
     ckpt = args.out / "checkpoint"
     if checkpoint.exists(ckpt) and not args.resume:
         p.error(f"{ckpt} already holds a checkpoint; pass --resume to continue it, or choose "
@@ -463,19 +465,32 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     return args, cfg
 
 
+def _get_ready(cfg: TrainConfig, out: Path) -> None:
+    """Everything the run needs, checked (and the digits teacher trained) before any training;
+    raises ValueError or OSError with a message for the user."""
+    prepare.check_inputs(cfg)
+    try:
+        prepare.ensure_ready(cfg)
+    except ValueError:
+        if not (cfg.teacher.startswith("digits") and cfg.teacher_weights == ""):
+            raise                     # everything else needs `python -m qimera_core.prepare`
+        log.info("first run: preparing %s into %s (offline)", cfg.teacher, cfg.cache)
+        prepare.prepare(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args, cfg = parse_args(argv)
     try:
-        prepare.ensure_ready(cfg)
+        _get_ready(cfg, args.out)
     except ValueError as e:
-        if not (cfg.teacher.startswith("digits") and cfg.teacher_weights == ""):
-            # everything else needs `python -m qimera_core.prepare` (downloads)
-            print(f"python -m qimera_core.train: error: {e}", file=sys.stderr)
-            return 2
-        log.info("first run: preparing %s into %s (offline)", cfg.teacher, cfg.cache)
-        prepare.prepare(cfg)
-    args.out.mkdir(parents=True, exist_ok=True)
+        print(f"python -m qimera_core.train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"python -m qimera_core.train: error: {e.filename}: {e.strerror}; --out and "
+              "--cache-dir must be directories this user can write", file=sys.stderr)
+        return 2
     history: list[dict[str, Any]] = []
 
     def report(metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:

@@ -1,5 +1,5 @@
 """Run a table's trials on Ray Tune: validate, skip finished work, prepare data, launch, write
-Parquet rows as trials end, resume. The only module of the project that imports Ray.
+Parquet rows as trials end, resume. With sweeps/shared.py, the only code that imports Ray.
 
     python -m sweeps.table9 --smoke-test --storage /tmp/s --results /tmp/r
 """
@@ -24,8 +24,8 @@ import ray
 from ray import tune
 
 from qimera_core import results
-from qimera_core.config import TrainConfig, add_config_flags, overrides_from_args
-from sweeps import grid, rows
+from qimera_core.config import ArgumentParser, TrainConfig, add_config_flags, overrides_from_args
+from sweeps import grid, rows, shared
 from sweeps.grid import Block, GridError, expand  # noqa: F401 - re-exported for table scripts
 from sweeps.page import add_page_flags, keep_open, open_page
 
@@ -104,9 +104,12 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
     """
     from qimera_core.train import train_pack   # torch loads in trials, not before the grid check
     cfgs = pack_configs(params)
-    if all(c.config_hash in finished for c in cfgs):
-        return
     run = params["run"]
+    # The whole pack trains unless every run of it is done (here, or by another driver since
+    # planning); a run done elsewhere trains again, which costs time, not rows.
+    if all(c.config_hash in finished or _finished_elsewhere(run.get("results", ""), c)
+           for c in cfgs):
+        return
     reporter = TuneReporter(_claim_device(cfgs[0], pack_gpus(params)),
                             run.get("fail_once_at_epoch", 0),
                             Path(tune.get_context().get_trial_dir()) / ".failed-once")
@@ -116,6 +119,15 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
           resume.as_directory() if resume else contextlib.nullcontext() as resume_dir):
         train_pack(cfgs, Path(out_dir), report=reporter,
                    resume_from=Path(resume_dir) if resume_dir else None)
+
+
+def _finished_elsewhere(results_dir: str, cfg: TrainConfig) -> bool:
+    """Whether another driver (a second sweep into the same --results) finished this config
+    after this one planned it. Checked where this node sees --results (one machine, or a
+    shared filesystem); elsewhere two drivers may both run it, which costs time, not rows."""
+    if not results_dir or not Path(results_dir).is_dir():
+        return False
+    return cfg.config_hash in rows.recorded(Path(results_dir))[1]
 
 
 def trial_resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
@@ -174,12 +186,19 @@ class ResultsWriter(tune.Callback):
         curves = self._curves.pop(trial.trial_id, {})
         cfgs = pack_configs(trial.config)
         if rows.pack_recorded(self.results_dir, trial.trial_id, cfgs):
-            for i in range(len(cfgs)):
+            for i, cfg in enumerate(cfgs):
                 rows.drop_live_curves(self.results_dir, rows.member_id(trial.trial_id, i,
                                                                        len(cfgs)))
-            return                                   # written before a driver restart
+                adopt_finished(self.table, self.results_dir, cfg.config_hash)
+            return                     # written before a driver restart, or by another driver
         write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
                     trial.last_result or {}, error, curves)
+
+
+def adopt_finished(table: str, results_dir: Path, config_hash: str) -> None:
+    """File another table's finished row of `config_hash` (and its curves) under `table` too."""
+    done = rows.finished_rows(results_dir)
+    rows.adopt(results_dir, table, done[done["config_hash"] == config_hash])
 
 
 def _error_text(trial: Any) -> str:
@@ -257,9 +276,9 @@ def pack_label(cfgs: Sequence[TrainConfig], axes: Sequence[str]) -> str:
 # ---- command line ----------------------------------------------------------------------------
 def build_parser(table: str, doc: str | None = None) -> argparse.ArgumentParser:
     """The flags of a table script: what to run, then the flags every sweep shares."""
-    p = argparse.ArgumentParser(prog=f"python -m sweeps.{table}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(prog=f"python -m sweeps.{table}", description=doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
     g = p.add_argument_group("what to run")
     g.add_argument("--smoke-test", action="store_true",
                    help="the first block's axes, one seed, on the offline digits-smoke setting: "
@@ -390,15 +409,50 @@ def check_overrides(overrides: Mapping[str, Any]) -> None:
             raise GridError(f"--{key.replace('_', '-')} is set by the sweep; use {instead}")
 
 
+# (flag, smallest allowed value, what it means) of the run flags that take a count
+_RUN_MINIMA = (("num_cpus", 1, "CPUs"), ("cpus_per_trial", 1, "CPUs"),
+               ("gpus_per_trial", 0, "GPUs"), ("max_concurrent", 0, "0 = no limit"),
+               ("max_failures", -1, "-1 = retry forever"), ("keep_checkpoints", 1, "checkpoints"),
+               ("fail_once_at_epoch", 0, "0 = off"))
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """Out-of-range run flags and unusable paths, refused before any work."""
+    for key, low, meaning in _RUN_MINIMA:
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            raise GridError(f"--{key.replace('_', '-')} must be >= {low} ({meaning}), "
+                            f"got {value:g}")
+    if args.results.exists() and not args.results.is_dir():
+        raise GridError(f"--results {args.results} is a file; pass a directory (it is created)")
+    local = Path(args.storage.removeprefix("file://")).expanduser()
+    if "://" not in args.storage.removeprefix("file://") and local.exists() \
+            and not local.is_dir():
+        raise GridError(f"--storage {args.storage} is a file; pass a directory or a URI")
+
+
+def check_inputs(configs: Sequence[TrainConfig]) -> None:
+    """The files a user named (--teacher-weights, npz:PATH), read and checked once per distinct
+    use, so a wrong path or shape fails here and not in every trial."""
+    from qimera_core import prepare
+    for cfg in {(c.teacher, c.teacher_weights, c.eval_data): c for c in configs}.values():
+        try:
+            prepare.check_inputs(cfg)
+        except (ValueError, OSError) as e:
+            raise GridError(str(e)) from None
+
+
 def plan_trials(blocks: Sequence[Block], args: argparse.Namespace) -> list[TrainConfig]:
+    check_run_flags(args)
     overrides = overrides_from_args(args)
     check_overrides(overrides)
     if args.smoke_test and args.offline:
         raise GridError("--smoke-test and --offline are two different settings; pick one")
     seeds = args.seeds if args.seeds is not None else (1 if args.smoke_test else 3)
-    return grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
-                     offline=args.offline,
-                     overrides=overrides)
+    configs = grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
+                        offline=args.offline, overrides=overrides)
+    check_inputs(configs)
+    return configs
 
 
 def skip_finished(table: str, configs: list[TrainConfig], results_dir: Path
@@ -520,6 +574,11 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
         cfgs = pack_configs(res.config)
         if not rows.pack_recorded(results_dir, trial_id, cfgs):
             write_trial(table, results_dir, trial_id, res.config, res.metrics, error)
+        elif not res.metrics:          # ended at once: another driver had finished its runs
+            for cfg in cfgs:
+                adopt_finished(table, results_dir, cfg.config_hash)
+            counts["reused"] = counts.get("reused", 0) + len(cfgs)
+            continue
         members = list(res.metrics.get("members") or [])
         for i, cfg in enumerate(cfgs):
             status = rows.status_of(members[i] if i < len(members) else {}, error, cfg.epochs)
@@ -559,6 +618,7 @@ def resume(table: str, prefix: str, args: argparse.Namespace, results_dir: Path)
     print(f"{table}: resuming {path}")
     page = open_page(table, args, results_dir)
     start_ray(args)
+    shared.check_nodes(args.storage, [])
     _quiet_tune(args)
     _, finished = rows.recorded(results_dir)
     tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
@@ -583,7 +643,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
             return resume(table, prefix, args, results_dir)
         todo = skip_finished(table, configs, results_dir)
         page = open_page(table, args, results_dir)
-    except GridError as err:
+    except (GridError, results.SchemaError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{table}: {len(configs)} trials, {len(configs) - len(todo)} reused, "
           f"{len(todo)} to run")
@@ -593,8 +653,15 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
             print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
                   + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
         return keep_open(page, table, 0) if not args.dry_run else 0
-    prepare_all(todo)
+    try:
+        prepare_all(todo)
+    except (ValueError, OSError) as err:               # e.g. no network for a download
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     start_ray(args)
+    try:
+        shared.check_nodes(args.storage, todo)          # multi-node: shared storage, cache
+    except GridError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     gpus = gpus_by_teacher(todo, args)
     packs = plan_packs(todo, args, gpus)
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "
@@ -603,7 +670,7 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
                 {"size": len(p), "label": pack_label(p, axes),
                  "configs": [place(c, gpus, args.cpus_per_trial).to_dict() for c in p]}
                 for p in packs]),
-             "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
+             "run": {"cpus": args.cpus_per_trial, "gpus": gpus, "results": str(results_dir),
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
     rows.write_plan(table, results_dir, todo)
     return keep_open(page, table, launch(table, experiment_name(args, prefix), space, axes, args,
@@ -641,7 +708,7 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
     if args.resume:
         try:
             return resume(args.table, prefix, args, results_dir)
-        except GridError as err:
+        except (GridError, results.SchemaError) as err:
             print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
             return 2
     if args.pack not in (None, "off", 1):
@@ -655,6 +722,11 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
         return 2
     prepare_all([base])
     start_ray(args)
+    try:
+        shared.check_nodes(args.storage, [base])
+    except GridError as err:
+        print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+        return 2
     gpus = gpus_by_teacher([base], args)
     cfg = place(base, gpus, args.cpus_per_trial)
     space = {"config": {**cfg.to_dict(), **{k: to_domain(d) for k, d in dims.items()}},

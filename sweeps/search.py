@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qimera_core.config import FIELD_NAMES, PRESETS, TrainConfig, add_config_flags, build
+from qimera_core.config import (
+    FIELD_NAMES,
+    PRESETS,
+    ArgumentParser,
+    TrainConfig,
+    add_config_flags,
+    build,
+)
 from sweeps.grid import GridError
 
 log = logging.getLogger(__name__)
@@ -92,9 +99,9 @@ def check_space(base: TrainConfig, space: Mapping[str, Dim]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from sweeps.launch import add_run_flags
-    p = argparse.ArgumentParser(prog="python -m sweeps.search", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(prog="python -m sweeps.search", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
     g = p.add_argument_group("what to search")
     g.add_argument("--preset", choices=sorted(PRESETS), help="the setting to search in")
     g.add_argument("--space", default="mix_prob=uniform:0.05:0.95,mix_classes=int:2:10",

@@ -100,7 +100,7 @@ def test_a_long_running_trial_keeps_few_live_files(tmp_path):
 
 
 def test_a_file_gone_between_glob_and_read_is_skipped(tmp_path):
-    assert results._read_one(tmp_path / "curves-live-x-e0001-0.parquet", None) is None
+    assert results._read_file(tmp_path / "curves-live-x-e0001-0.parquet", None) is None
 
 
 def test_results_callback_writes_each_reported_epoch_at_once(tmp_path):
