@@ -27,6 +27,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # Fields that say where or how fast a run happens, not what it computes: left out of the
 # config hash so that the same trial on another machine or cache is recognised as done.
 RUN_ONLY_FIELDS = ("device", "num_threads", "cache_dir")
+# Fields added after results were recorded, with the value that reproduces those results: left
+# out of the config hash at that value, so finished trials keep their hash. (act_quant_sites:
+# every teacher that ran before quantizes identically in "call_site" mode, see quant.quantize.)
+HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site"}
 
 
 def default_cache_dir() -> str:
@@ -71,6 +75,7 @@ class TrainConfig:
     act_range_epochs: int = 4            # activation ranges track (EMA) in these epochs, then freeze
     act_range_mode: str = "official"     # official (compounding bias correction) | ema
     act_ema_beta: float = 0.9
+    act_quant_sites: str = "call_site"   # call_site (a quantizer per ReLU call) | module (official)
     lr_student: float = 1e-4
     lr_generator: float = 1e-3
     lr_milestones: tuple[int, ...] = (100, 200, 300)
@@ -112,7 +117,8 @@ class TrainConfig:
     @property
     def config_hash(self) -> str:
         """Content hash of everything that decides the result (seed included)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS}
+        d = {k: v for k, v in self.to_dict().items() if k not in RUN_ONLY_FIELDS
+             and not (k in HASH_DEFAULTS and v == HASH_DEFAULTS[k])}
         blob = json.dumps(d, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -197,6 +203,9 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
                                     f"at least one calibration epoch, got {c.act_range_epochs}")
     _check(c.act_range_mode in ("official", "ema"),
            f"act_range_mode must be 'official' or 'ema', got {c.act_range_mode!r}")
+    _check(c.act_quant_sites in ("call_site", "module"),
+           "act_quant_sites must be 'call_site' (one activation quantizer per ReLU call) or "
+           f"'module' (official: one per ReLU module), got {c.act_quant_sites!r}")
     _check(0.0 < c.act_ema_beta < 1.0, f"act_ema_beta must be in (0, 1), got {c.act_ema_beta}")
     for name in ("lr_student", "lr_generator", "lr_gamma", "bns_weight", "kd_temperature"):
         _check(getattr(c, name) > 0 or (name == "bns_weight" and c.bns_weight == 0),
