@@ -96,7 +96,7 @@ def setting_sort_key(dataset: str, model: str, bits: str) -> tuple:
 def _read_files(directory: Path, stem: str) -> pd.DataFrame:
     frames = []
     for path in sorted(directory.glob(f"{stem}-*.parquet")):
-        df = pd.read_parquet(path)
+        df = results.fill_added_fields(pd.read_parquet(path))
         _check_schema(df, path)
         frames.append(df)
     if not frames:

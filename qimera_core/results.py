@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from qimera_core.config import FIELDS, TrainConfig
+from qimera_core.config import FIELDS, HASH_DEFAULTS, TrainConfig
 
 SCHEMA_VERSION = 1
 # What the driver knows about a trial.
@@ -93,7 +93,26 @@ def read(directory: Path, stem: str, columns: Sequence[str] | None = None) -> pd
     cols = list(columns) if columns else None
     if not files:
         return to_frame([])[cols] if cols else to_frame([])
-    return pd.concat([pd.read_parquet(f, columns=cols) for f in files], ignore_index=True)
+    frames = []
+    for f in files:
+        want = cols if cols is None else [c for c in cols if c not in HASH_DEFAULTS or
+                                          c in pq_columns(f)]
+        frames.append(fill_added_fields(pd.read_parquet(f, columns=want), cols))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pq_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+    return pq.read_schema(path).names
+
+
+def fill_added_fields(df: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Config fields added after a file was written get the value that reproduces its results
+    (config.HASH_DEFAULTS), so older files keep the schema."""
+    for k, v in HASH_DEFAULTS.items():
+        if k not in df.columns and (columns is None or k in columns):
+            df[k] = v
+    return df
 
 
 _ENV: dict[str, str] | None = None
