@@ -74,7 +74,8 @@ def main() -> None:
                                       text=True).stdout.splitlines()[-1])
         base = base or r["step_s"]
         print(f"{preset:28s} step {r['step_s']:8.2f} s  ({r['step_s'] / base:5.2f}x "
-              f"{args.preset[0]})  peak RSS {r['peak_rss_gib']:6.2f} GiB  build {r['build_s']:.1f} s",
+              f"{args.preset[0]})  peak RSS {r['peak_rss_gib']:6.2f} GiB  "
+              f"build {r['build_s']:.1f} s",
               flush=True)
 
 

@@ -18,6 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from qimera_core.quant import (
+    QuantAct,
+    QuantConv2d,
+    QuantLinear,
+    audit_activations,
+    observe_activations,
+    quantize,
+)
+
 log = logging.getLogger(__name__)
 
 SITES = ("call_site", "module")
@@ -32,7 +41,6 @@ class _Tracer(fx.Tracer):
     """Standard tracer that also keeps our quantized layers as leaves (never traced into)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from qimera_core.quant import QuantAct, QuantConv2d, QuantLinear
         return isinstance(m, (QuantAct, QuantConv2d, QuantLinear)) or super().is_leaf_module(
             m, qualname)
 
@@ -63,9 +71,17 @@ def _act_of(node: fx.Node, model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _owner(node: fx.Node) -> str:
+def _owner(node: fx.Node, model: nn.Module) -> str:
+    """Qualified name of the innermost module a functional call runs in ("" = the root)."""
     stack = node.meta.get("nn_module_stack") or {}
-    return next(reversed(stack), "") if stack else ""
+    for key, value in reversed(stack.items()):
+        path = value[0] if isinstance(value, tuple) else key
+        try:
+            model.get_submodule(path)
+            return path
+        except AttributeError:      # some torch versions record mangled keys; try the next
+            continue
+    return ""
 
 
 def find_sites(model: nn.Module) -> tuple[fx.Graph, list[_Site]]:
@@ -76,7 +92,7 @@ def find_sites(model: nn.Module) -> tuple[fx.Graph, list[_Site]]:
         act = _act_of(node, model)
         if act is not None:
             target = node.target if node.op == "call_module" else ""
-            owner = target.rpartition(".")[0] if target else _owner(node)
+            owner = target.rpartition(".")[0] if target else _owner(node, model)
             sites.append(_Site(node, act, owner, target))
     return graph, sites
 
@@ -101,7 +117,6 @@ def quantize_call_sites(model: nn.Module, bits: int, mode: str, beta: float) -> 
     current mode (eval for students), else `model` itself. So a model whose ReLU modules are each
     called once quantizes exactly as in "module" mode. Raises what tracing raises.
     """
-    from qimera_core.quant import QuantAct
     graph, sites = find_sites(model)
     seen: set[str] = set()
     extra = []
@@ -115,7 +130,8 @@ def quantize_call_sites(model: nn.Module, bits: int, mode: str, beta: float) -> 
     if not extra:
         return model
     for s in extra:
-        stem = s.module_target.rpartition(".")[2] if s.module_target else type(s.act).__name__.lower()
+        stem = (s.module_target.rpartition(".")[2] if s.module_target
+                else type(s.act).__name__.lower())
         name = _free_name(model, s.owner, stem)
         act = copy.deepcopy(s.act)
         _add_submodule(model, name, QuantAct(act, bits, mode=mode, beta=beta))
@@ -139,7 +155,6 @@ def coverage(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """What a quantized model covers: quantized convs/linears, activation quantizers, and from
     one forward on `example` the ReLU calls left at full precision and the quantizer calls that
     share a range with an earlier call."""
-    from qimera_core.quant import QuantAct, QuantConv2d, QuantLinear, observe_activations
     found = observe_activations(model, example)
     return {
         "convs": sum(isinstance(m, QuantConv2d) for m in model.modules()),
@@ -152,7 +167,7 @@ def coverage(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 def audit_teacher(name: str, bits: int = 8) -> dict[str, dict[str, int]]:
     """Coverage of teacher `name` (random weights, no download) in each mode."""
-    from qimera_core import models, quant
+    from qimera_core import models
     s = models.spec(name)
     example = torch.zeros(1, *s.input_shape)
     out = {}
@@ -160,8 +175,8 @@ def audit_teacher(name: str, bits: int = 8) -> dict[str, dict[str, int]]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = models.create(name).eval()
-        q = quant.quantize(model, w_bits=bits, a_bits=bits, sites=sites)
-        quant.audit_activations(q, example, sites=sites)
+        q = quantize(model, w_bits=bits, a_bits=bits, sites=sites)
+        audit_activations(q, example, sites=sites)
         out[sites] = coverage(q, example)
     return out
 
