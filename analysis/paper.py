@@ -86,21 +86,14 @@ def _preset_for() -> dict[tuple[str, str, str], str]:
     return out
 
 
-# DSG-comparison models without a preset that the teacher registry has (SqueezeNext and DSG's
-# ShuffleNet v1 are not in it, so paper_trials leaves those rows out).
-_EXTRA_TEACHERS = {"InceptionV3": "tv:inception_v3"}
 _RUN_INFO = {"git_sha": "paper", "versions": "{}"}
 
 
 def _config(dataset: str, model: str, bits: str, **overrides) -> config.TrainConfig:
     w, a = (int(b) for b in bits.rstrip("a").split("w"))
     preset = _preset_for().get((dataset, model, bits))
-    if preset is None:  # same model at other bits, or a DSG-only model
-        preset = next((p for (d, m, _), p in _preset_for().items() if (d, m) == (dataset, model)),
-                      None)
-        if preset is None:
-            preset = "imagenet-resnet18-4w4a"
-            overrides["teacher"] = _EXTRA_TEACHERS[model]
+    if preset is None:  # the same model at other bits (e.g. ResNet-50 at 6w6a)
+        preset = next(p for (d, m, _), p in _preset_for().items() if (d, m) == (dataset, model))
     return config.build(preset, w_bits=w, a_bits=a, **overrides)
 
 
@@ -132,7 +125,7 @@ def paper_trials(table: str) -> pd.DataFrame:
         else [PAPER_BLOCKS[table]]
     rows = df[df["table"].isin(blocks) & df["method"].isin(["Qimera", "GDFQ"])]
     out = []
-    known = {m for (_, m, _) in _preset_for()} | set(_EXTRA_TEACHERS)
+    known = {m for (_, m, _) in _preset_for()}
     skipped = sorted(set(rows["model"]) - known)
     if skipped:
         log.info("paper_trials(%s): no teacher for %s in the registry; rows left out",

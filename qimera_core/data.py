@@ -89,10 +89,11 @@ class ImageFolderEvalSet(EvalSet):
     """An ImageNet-style val folder, streamed through a DataLoader instead of held in memory."""
 
     def __init__(self, root: Path, normalization: str, limit: int, num_workers: int,
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, crop: int = 224) -> None:
         import torchvision.transforms as T
         from torchvision.datasets import ImageFolder
-        tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+        # The usual resize-then-crop ratio 0.875: 256 -> 224, and 342 -> 299 for InceptionV3.
+        tf = T.Compose([T.Resize(round(crop / 0.875)), T.CenterCrop(crop), T.PILToTensor()])
         self.dataset: torch.utils.data.Dataset = ImageFolder(str(root), transform=tf)
         targets = torch.tensor(self.dataset.targets, dtype=torch.long)
         n_classes = len(self.dataset.classes)
@@ -248,7 +249,7 @@ def check_compatible(cfg: TrainConfig) -> None:
     s = models.spec(cfg.teacher)
     kind = cfg.eval_data.split(":", 1)[0]
     if kind in KNOWN_SHAPES:
-        shape, n_classes = KNOWN_SHAPES[kind]
+        shape, n_classes = _known_shape(kind, s)
         _check_matches(cfg, s, shape, n_classes)
     _check_norm(resolve_normalization(cfg), s.input_shape[0])
 
@@ -263,6 +264,14 @@ def check_npz(cfg: TrainConfig) -> None:
                          f"{tuple(images.shape[1:])}, but teacher {s.name!r} takes "
                          f"{s.input_shape}: save 'images' as uint8 (N, {h}, {w}, {c}), or pick "
                          "the matching --teacher")
+
+
+def _known_shape(kind: str, s: models.TeacherSpec) -> tuple[tuple[int, int, int], int]:
+    """ImageNet val images are cropped to the teacher's size (224, or 299 for InceptionV3)."""
+    shape, n_classes = KNOWN_SHAPES[kind]
+    if kind == "imagenet" and s.input_shape[0] == 3 and s.input_shape[1] == s.input_shape[2]:
+        shape = s.input_shape
+    return shape, n_classes
 
 
 def _check_matches(cfg: TrainConfig, s: models.TeacherSpec, shape: tuple[int, ...],
@@ -294,9 +303,10 @@ def load_eval(cfg: TrainConfig) -> EvalSet:
             raise ValueError(f"ImageNet val folder {root} not found; lay it out as "
                              "VALDIR/<synset>/<image>.JPEG and pass --eval-data imagenet:VALDIR "
                              f"(or put it at {cfg.cache / 'data' / 'imagenet' / 'val'})")
+        shape = _known_shape("imagenet", s)[0]
         evalset = ImageFolderEvalSet(root, norm, cfg.eval_limit, num_workers(cfg),
-                                     cfg.eval_batch_size)
-        _check_matches(cfg, s, KNOWN_SHAPES["imagenet"][0], evalset.num_classes)
+                                     cfg.eval_batch_size, crop=shape[1])
+        _check_matches(cfg, s, shape, evalset.num_classes)
         return evalset
     if kind in ("cifar10", "cifar100"):
         images, labels, n, scale = _cifar(cfg, kind)

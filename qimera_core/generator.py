@@ -141,6 +141,11 @@ def _dm(in_dim: int, width: int, layers: int, activation: str) -> nn.Module:
     return nn.Sequential(*mods)
 
 
+def _center_crop(x: Tensor, size: int) -> Tensor:
+    off = (x.shape[-1] - size) // 2
+    return x if off == 0 and x.shape[-1] == size else x[..., off:off + size, off:off + size]
+
+
 class Generator(nn.Module):
     def __init__(self, *, num_classes: int, latent_dim: int, img_size: int, channels: int,
                  dm_layers: int = 1, dm_width: int = 100,
@@ -161,9 +166,10 @@ class Generator(nn.Module):
             self.embeddings = nn.Parameter(emb)
         self.dm = _dm(latent_dim, dm_width, dm_layers, dm_activation)
         in_dim = dm_width if dm_layers else latent_dim
-        self.h0 = img_size // 4
-        if self.h0 * 4 != img_size:
-            raise ValueError(f"img_size must be a multiple of 4, got {img_size}")
+        # The trunk upsamples x4, so a size that is no multiple of 4 (InceptionV3's 299) is
+        # rendered at the next multiple (300) and centre-cropped to img_size before bn_out.
+        self.img_size = img_size
+        self.h0 = -(-img_size // 4)
         self.fc = nn.Linear(in_dim, 128 * self.h0 * self.h0)
 
         def bn(f: int, eps: float) -> nn.Module:
@@ -200,7 +206,7 @@ class Generator(nn.Module):
         x = F.leaky_relu(self._bn(self.bn1, x, labels, weights), 0.2)
         x = self.conv2(F.interpolate(x, scale_factor=2, mode="nearest"))
         x = F.leaky_relu(self._bn(self.bn2, x, labels, weights), 0.2)
-        return self.bn_out(torch.tanh(self.conv3(x)))
+        return self.bn_out(_center_crop(torch.tanh(self.conv3(x)), self.img_size))
 
     def _bn(self, bn: nn.Module, x: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
         return bn(x, labels, weights) if self.conditional_bn else bn(x)

@@ -144,6 +144,14 @@ TEACHERS: dict[str, TeacherSpec] = {s.name: s for s in [
     TeacherSpec("resnet50", 1000, _IMAGENET_SHAPE, "imagenet", "pytorchcv", _pytorchcv("resnet50")),
     TeacherSpec("mobilenetv2_w1", 1000, _IMAGENET_SHAPE, "imagenet", "pytorchcv",
                 _pytorchcv("mobilenetv2_w1")),
+    # Supplement Table 10's other rows, named as in ZeroQ and DSG. ShuffleNet v1 calls each
+    # unit's ReLU module twice, so only "call_site" mode gives each call its own range.
+    TeacherSpec("inceptionv3", 1000, (3, 299, 299), "imagenet", "pytorchcv",
+                _pytorchcv("inceptionv3")),
+    TeacherSpec("sqnxt23_w2", 1000, _IMAGENET_SHAPE, "imagenet", "pytorchcv",
+                _pytorchcv("sqnxt23_w2")),
+    TeacherSpec("shufflenet_g1_w1", 1000, _IMAGENET_SHAPE, "imagenet", "pytorchcv",
+                _pytorchcv("shufflenet_g1_w1")),
     # akamaster's CIFAR-10 ResNet-20 (option A shortcuts), trained with ImageNet mean/std.
     TeacherSpec("resnet20_cifar10_a", 10, (3, 32, 32), "imagenet", "local", _resnet20_a),
     # Offline default teacher, trained by `prepare` on the scikit-learn digits train split.

@@ -14,9 +14,14 @@ official arithmetic up to float rounding of the scale.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 def qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -187,17 +192,33 @@ def _swap_class(m: nn.Module, cls: type, bits: int) -> None:
 
 
 def quantize(model: nn.Module, *, w_bits: int, a_bits: int, act_mode: str = "official",
-             act_beta: float = 0.9) -> nn.Module:
-    """Quantize `model` in place: every Conv2d/Linear's weights, and the output of every
-    ReLU/ReLU6 module. BatchNorm stays FP and unfolded. Refuses models whose activations would
-    escape quantization (functional ReLUs, ReLU modules reused at several call sites).
+             act_beta: float = 0.9, sites: str = "call_site") -> nn.Module:
+    """Quantize `model`: every Conv2d/Linear's weights, and every ReLU/ReLU6 output. BatchNorm
+    stays FP and unfolded. Modules are changed in place; use the returned model.
+
+    sites="call_site": one quantizer per call, module or functional (qimera_core.sites); a
+    model that torch.fx cannot trace falls back to "module" and `audit_activations` says why.
+    sites="module" (official): one quantizer per nn.ReLU/nn.ReLU6 object, shared by its calls;
+    functional ReLUs stay at full precision.
     """
+    if sites not in ("call_site", "module"):
+        raise ValueError(f"sites must be 'call_site' or 'module', got {sites!r}")
+    trace_error = ""
+    if sites == "call_site":
+        from qimera_core import sites as call_sites
+        try:
+            model = call_sites.quantize_call_sites(model, a_bits, act_mode, act_beta)
+        except Exception as e:  # fx raises many types (TraceError, TypeError, ...) on control flow
+            trace_error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            _replace_acts(model, a_bits, act_mode, act_beta)
+    else:
+        _replace_acts(model, a_bits, act_mode, act_beta)
+    model.__dict__["_trace_error"] = trace_error
     for m in model.modules():
         if type(m) is nn.Conv2d:
             _swap_class(m, QuantConv2d, w_bits)
         elif type(m) is nn.Linear:
             _swap_class(m, QuantLinear, w_bits)
-    _replace_acts(model, a_bits, act_mode, act_beta)
     return model
 
 
@@ -231,43 +252,56 @@ def set_calibration(model: nn.Module, enabled: bool) -> None:
 
 
 class _ActivationAudit(torch.overrides.TorchFunctionMode):
-    """Records activation functions called outside QuantAct modules during one forward."""
+    """Records activation functions called outside QuantAct modules during one forward, with the
+    innermost module they were called in."""
 
     NAMES = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "gelu", "silu", "hardswish",
-             "leaky_relu", "elu"}
+             "leaky_relu", "elu", "mish"}
 
     def __init__(self) -> None:
         super().__init__()
         self.inside_quant = 0
-        self.found: list[str] = []
+        self.stack: list[str] = []
+        self.functional: list[tuple[str, str]] = []    # (layer, function name)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         if not self.inside_quant and name in self.NAMES:
-            self.found.append(name)
+            self.functional.append((self.stack[-1] if self.stack else "<model>", name))
         return func(*args, **(kwargs or {}))
 
 
-def audit_activations(model: nn.Module, example: Tensor) -> None:
-    """Raise if some activation in `model` would run at full precision after `quantize`.
+@dataclass
+class ActivationFindings:
+    functional: list[tuple[str, str]]   # activation calls outside any QuantAct: (layer, fn)
+    quant_calls: dict[str, int]         # QuantAct name -> calls in one forward
+    other_modules: list[str]            # "name (Type)" of activation modules we cannot quantize
 
-    One forward on `example` under a TorchFunctionMode catches functional ReLUs (F.relu,
-    torch.relu, x.relu()) and ReLU modules shared by several call sites (one quantizer range
-    for two tensors). Activation modules other than ReLU/ReLU6 are refused too.
-    """
+
+_UNQUANTIZABLE = (nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Hardtanh, nn.Mish)
+
+
+def observe_activations(model: nn.Module, example: Tensor) -> ActivationFindings:
+    """One eval-mode forward on `example`, recording where activations run unquantized."""
     audit = _ActivationAudit()
-    calls: dict[int, int] = {}
+    calls: dict[str, int] = {}
     hooks = []
-    for q in act_quantizers(model):
-        def pre(mod, _inp, a=audit):
-            a.inside_quant += 1
-            calls[id(mod)] = calls.get(id(mod), 0) + 1
-        def post(_mod, _inp, _out, a=audit):
-            a.inside_quant -= 1
-        hooks += [q.register_forward_pre_hook(pre), q.register_forward_hook(post)]
-    others = sorted({type(m).__name__ for m in model.modules()
-                     if isinstance(m, (nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU,
-                                       nn.Hardtanh)) and not isinstance(m, nn.ReLU6)})
+    for name, m in model.named_modules():
+        is_q = isinstance(m, QuantAct)
+
+        def pre(_mod, _inp, n=name, q=is_q):
+            audit.stack.append(n)
+            if q:
+                audit.inside_quant += 1
+                calls[n] = calls.get(n, 0) + 1
+
+        def post(_mod, _inp, _out, q=is_q):
+            audit.stack.pop()
+            if q:
+                audit.inside_quant -= 1
+        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    others = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+              if isinstance(m, _UNQUANTIZABLE) and not isinstance(m, nn.ReLU6)]
     was_training = model.training
     try:
         model.eval()
@@ -277,16 +311,44 @@ def audit_activations(model: nn.Module, example: Tensor) -> None:
         model.train(was_training)
         for h in hooks:
             h.remove()
+    return ActivationFindings(audit.functional, calls, others)
+
+
+def audit_activations(model: nn.Module, example: Tensor, *, sites: str = "call_site") -> None:
+    """Raise if `model` (after `quantize`) has activations that cannot be quantized or, in
+    "call_site" mode, any ReLU call without its own quantizer.
+
+    Activations other than ReLU/ReLU6 (GELU, SiLU, ...), as modules or functions, are refused in
+    both modes, naming the layer. In "module" mode (official) functional ReLUs and ReLU modules
+    reused at several call sites are allowed: the first stays FP, the second shares one range.
+    """
+    found = observe_activations(model, example)
+    relu_names = ("relu", "relu_", "relu6")
+    other_layers = {o.rsplit(" (", 1)[0] for o in found.other_modules}
+    bad_fns = [f"{layer}: {fn}" for layer, fn in found.functional
+               if fn not in relu_names and layer not in other_layers]
     problems = []
-    if audit.found:
-        problems.append(f"functional activation calls {sorted(set(audit.found))}")
-    shared = sum(1 for n in calls.values() if n > 1)
-    if shared:
-        problems.append(f"{shared} ReLU module(s) reused at several call sites")
-    if others:
-        problems.append(f"activation modules other than ReLU/ReLU6: {others}")
+    if found.other_modules:
+        problems.append(f"activation modules other than ReLU/ReLU6: {found.other_modules[:8]}")
+    if bad_fns:
+        problems.append(f"activation functions other than ReLU/ReLU6: {bad_fns[:8]}")
     if problems:
         raise ValueError(
-            f"{type(model).__name__} cannot be quantized faithfully: {'; '.join(problems)}. "
-            "Their outputs would stay at full precision. Give every ReLU call site its own "
-            "nn.ReLU/nn.ReLU6 module (e.g. a teacher from qimera_core.models) instead.")
+            f"{type(model).__name__} cannot be quantized: {'; '.join(problems)}. The quantizer "
+            "(method doc §2) only follows ReLU/ReLU6; use a teacher whose activations are ReLUs.")
+    relu_fns = [f"{layer}: {fn}" for layer, fn in found.functional if fn in relu_names]
+    shared = [n for n, k in found.quant_calls.items() if k > 1]
+    if sites == "module":
+        if relu_fns or shared:
+            log.info("module mode: %d functional ReLU call(s) stay FP, %d quantizer(s) shared by "
+                     "several call sites", len(relu_fns), len(shared))
+        return
+    if relu_fns or shared:
+        why = model.__dict__.get("_trace_error", "")
+        raise ValueError(
+            f"{type(model).__name__} cannot be quantized per call site: torch.fx could not trace "
+            f"it ({why or 'unknown reason'}), so the module-based fallback leaves "
+            f"{len(relu_fns)} functional ReLU call(s) at full precision (e.g. {relu_fns[:3]}) "
+            f"and {len(shared)} ReLU module(s) shared by several call sites (e.g. {shared[:3]}). "
+            "Make the model traceable by torch.fx, or pass --act-quant-sites module to accept "
+            "the official behaviour.")

@@ -67,8 +67,10 @@ def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, n
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = quant.quantize(copy.deepcopy(teacher), w_bits=cfg.w_bits, a_bits=cfg.a_bits,
-                             act_mode=cfg.act_range_mode, act_beta=cfg.act_ema_beta)
-    quant.audit_activations(student, torch.zeros(2, *spec.input_shape, device=device))
+                             act_mode=cfg.act_range_mode, act_beta=cfg.act_ema_beta,
+                             sites=cfg.act_quant_sites)
+    quant.audit_activations(student, torch.zeros(2, *spec.input_shape, device=device),
+                            sites=cfg.act_quant_sites)
     for p in student.parameters():
         p.requires_grad_(True)
     student.eval()

@@ -6,10 +6,10 @@ MobileNetV2; 4w4a and 5w5a), each from its preset (p and K of the official run s
     python -m sweeps.main [--smoke-test] [--only cifar] [--seeds 3]
 """
 
-from qimera_core.config import METHODS, PRESETS, build
+from qimera_core.config import METHODS, PAPER_PRESETS, build
 from sweeps.grid import Block
 
-ROWS = [name for name in PRESETS if not name.startswith("digits")]
+ROWS = list(PAPER_PRESETS)
 
 BLOCKS = [Block(f"{preset}/{method}", build(preset, method=method))
           for preset in ROWS for method in METHODS]

@@ -8,11 +8,11 @@ GDFQ here is the Qimera generator with superposition, DM and extracted embedding
     python -m sweeps.table6 [--smoke-test] [--only cifar10-] [--seeds 3]
 """
 
-from qimera_core.config import PRESETS, build
+from qimera_core.config import PAPER_PRESETS, build
 from sweeps.grid import Block
 
 SIGMAS = [0.25, 0.5, 1.0, 1.5, 2.0]                  # sigma_z: noise_sigma
-ROWS = [name for name in PRESETS if not name.startswith("digits")]
+ROWS = list(PAPER_PRESETS)
 
 BLOCKS = [block for preset in ROWS for block in (
     Block(f"{preset}/gdfq", build(preset, method="gdfq"), {"noise_sigma": SIGMAS}),

@@ -6,10 +6,10 @@ extracted embeddings trained and the GDFQ baseline, for every dataset, model and
     python -m sweeps.table7 [--smoke-test] [--only imagenet] [--seeds 3]
 """
 
-from qimera_core.config import PRESETS, build
+from qimera_core.config import PAPER_PRESETS, build
 from sweeps.grid import Block
 
-ROWS = [name for name in PRESETS if not name.startswith("digits")]
+ROWS = list(PAPER_PRESETS)
 
 BLOCKS = [block for preset in ROWS for block in (
     Block(f"{preset}/qimera", build(preset, emb_init="extracted"),

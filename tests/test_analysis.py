@@ -468,3 +468,27 @@ def test_paper_numbers_come_back_unchanged_in_every_table(name):
     assert (ours["status"] == "ok").all() and ours["paper"].notna().all()
     assert (ours["mean"] - ours["paper"]).abs().max() < 1e-9
     assert t.bold.sum().sum() == t.frame.shape[0]  # one best cell per row (no ties in the paper)
+
+
+def test_table10_shows_dsg_and_the_papers_qimera_beside_ours_for_every_row():
+    from qimera_core.config import TABLE10_PRESETS
+    trials = results.to_frame([row("table10", p, 50.0, seed=s) for p in TABLE10_PRESETS
+                               for s in range(3)])
+    t = tables.table10(trials, compare_paper=True)
+    expected = {("ImageNet", "InceptionV3", "4w4a"): ("34.89", "73.31"),
+                ("ImageNet", "SqueezeNext", "6w6a"): ("60.50", "65.97"),
+                ("ImageNet", "ShuffleNet", "6w6a"): ("44.88", "56.16")}
+    for r, (dsg, qimera) in expected.items():
+        assert cell(t, r, "DSG")[0] == f"{dsg} (paper)"
+        assert f"paper {qimera}" in cell(t, r, "Qimera")[0]
+
+
+def test_files_written_before_act_quant_sites_existed_still_load(tmp_path):
+    """They hold call_site runs (identical for every teacher that could run then)."""
+    old = results.to_frame([row("table10", "imagenet-resnet18-4w4a", 60.0)])
+    old.drop(columns=["act_quant_sites"]).to_parquet(tmp_path / "trials-old.parquet", index=False)
+    loaded = load(tmp_path)
+    assert loaded.trials["act_quant_sites"].tolist() == ["call_site"]
+    assert results.read(tmp_path, "trials", ["config_hash", "act_quant_sites"])[
+        "act_quant_sites"].tolist() == ["call_site"]
+    assert results.read(tmp_path, "trials")["act_quant_sites"].tolist() == ["call_site"]

@@ -2,6 +2,8 @@
 
 import argparse
 import dataclasses
+import hashlib
+import json
 
 import pytest
 
@@ -29,6 +31,7 @@ from qimera_core.config import (GDFQ_SWITCHES, OFFICIAL_EMB_INIT, PRESETS, Train
     (dict(act_range_epochs=0), "act_range_epochs"),
     (dict(act_range_mode="minmax"), "act_range_mode"),
     (dict(act_ema_beta=1.0), "act_ema_beta"),
+    (dict(act_quant_sites="tensor"), "act_quant_sites must be 'call_site'"),
     (dict(lr_student=0.0), "lr_student"),
     (dict(lr_milestones=(300, 100)), "lr_milestones"),
     (dict(kd_reduction="sum"), "kd_reduction"),
@@ -85,6 +88,17 @@ def test_gdfq_method_applies_the_switches():
     assert all(getattr(c, k) == v for k, v in GDFQ_SWITCHES.items())
     with pytest.raises(ValueError, match="gdfq"):
         build("cifar10-resnet20-4w4a", method="gdfq", dm_layers=1)
+
+
+def test_act_quant_sites_at_its_default_leaves_the_hash_as_before_the_field():
+    """call_site quantizes every teacher that could run before the field existed exactly as
+    then, so those trials keep their hash; the official mode is another trial."""
+    a = build("cifar10-resnet20-4w4a")
+    d = {k: v for k, v in a.to_dict().items()
+         if k not in ("device", "num_threads", "cache_dir", "act_quant_sites")}
+    blob = json.dumps(d, sort_keys=True, default=list).encode()
+    assert a.config_hash == hashlib.sha256(blob).hexdigest()[:16]
+    assert dataclasses.replace(a, act_quant_sites="module").config_hash != a.config_hash
 
 
 def test_hash_covers_results_not_placement():

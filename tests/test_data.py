@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from qimera_core import config, data
+from qimera_core import config, data, models
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -151,6 +151,18 @@ def test_image_folder_streams_resized_normalised_batches(tmp_path):
     assert batches[0][0].dtype == torch.float32 and batches[0][0].min() < -1.5
     spread = data.ImageFolderEvalSet(tmp_path / "val", "imagenet", limit=3, num_workers=0)
     assert spread.labels.tolist() == [0, 1, 2]        # evenly spaced, not the first class only
+
+
+def test_inceptionv3_evaluates_imagenet_at_299(tmp_path):
+    """Resize to 342 (the usual 0.875 ratio) and centre-crop to the teacher's 299 px."""
+    make_image_folder(tmp_path / "val", per_class=1)
+    cfg = config.build("imagenet-inceptionv3-4w4a", eval_data=f"imagenet:{tmp_path / 'val'}",
+                       eval_limit=0)
+    data.check_compatible(cfg)
+    with pytest.raises(ValueError, match=r"has images \(3, 224, 224\)"):
+        data._check_matches(cfg, models.spec("inceptionv3"), (3, 224, 224), 1000)
+    ev = data.ImageFolderEvalSet(tmp_path / "val", "imagenet", limit=0, num_workers=0, crop=299)
+    assert tuple(next(ev.batches(2, "cpu"))[0].shape) == (2, 3, 299, 299)
 
 
 def test_imagenet_folder_checks(tmp_path):

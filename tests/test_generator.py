@@ -149,3 +149,13 @@ def test_multiplicative_gdfq_input():
     lat = latents(1)
     torch.testing.assert_close(g.embed(lat.labels, lat.weights, lat.noise, lat.mixed),
                                g.embeddings[lat.labels[:, 0]] * lat.noise[:, 0])
+
+
+def test_size_not_a_multiple_of_4_is_rendered_larger_and_centre_cropped():
+    """InceptionV3's 299 px: the trunk renders 4 * ceil(size / 4) and crops to size. (10 px,
+    rendered at 12, stands in for 299 at 300 to keep the test small.)"""
+    g = make(img_size=10)
+    assert g.h0 == 3
+    x = g.generate(latents(1))
+    assert x.shape == (6, 3, 10, 10) and torch.isfinite(x).all()
+    assert make(img_size=8).h0 == 2                  # multiples of 4 are unchanged

@@ -17,6 +17,7 @@ CIFAR10_1000 = SHARED / "cifar10-test-first1000.npz"
 SMALL = ["resnet20_cifar10", "resnet20_cifar100", "resnet20_cifar10_a", "digits_resnet8",
          "tiny_resnet"]
 IMAGENET = ["resnet18", "mobilenetv2_w1", "tv:resnet18"]
+TABLE10 = ["inceptionv3", "sqnxt23_w2", "shufflenet_g1_w1"]   # tests/test_sites.py runs them
 
 
 def random_cfg(teacher: str = "tiny_resnet", **kw) -> config.TrainConfig:
@@ -25,7 +26,7 @@ def random_cfg(teacher: str = "tiny_resnet", **kw) -> config.TrainConfig:
 
 
 def test_registry_has_the_issue_teachers():
-    assert set(SMALL + IMAGENET[:2] + ["resnet50"]) == set(models.TEACHERS)
+    assert set(SMALL + IMAGENET[:2] + ["resnet50"] + TABLE10) == set(models.TEACHERS)
 
 
 @pytest.mark.parametrize("name", SMALL + IMAGENET)

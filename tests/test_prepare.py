@@ -117,3 +117,13 @@ def test_module_entry_point_prints_progress(digits_cache):
                           env=env, cwd=root, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "teacher digits_resnet8: weights present" in proc.stdout
+
+
+@pytest.mark.parametrize("name", [n for n, s in models.TEACHERS.items() if s.source == "pytorchcv"])
+def test_pytorchcv_publishes_weights_for_every_pytorchcv_teacher(name):
+    """prepare fetches these through pytorchcv's own model store: it must list the name, with
+    weights for exactly our architecture (same trainable-parameter count). Nothing downloads."""
+    from pytorchcv.models.common.model_store import get_model_weight_count
+    model = models.create(name)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert get_model_weight_count(name) == trainable
