@@ -185,14 +185,14 @@ class ResultsWriter(tune.Callback):
     def _write(self, trial: Any, error: str) -> None:
         curves = self._curves.pop(trial.trial_id, {})
         cfgs = pack_configs(trial.config)
-        if rows.pack_recorded(self.results_dir, trial.trial_id, cfgs):
-            for i, cfg in enumerate(cfgs):
-                rows.drop_live_curves(self.results_dir, rows.member_id(trial.trial_id, i,
-                                                                       len(cfgs)))
-                adopt_finished(self.table, self.results_dir, cfg.config_hash)
-            return                     # written before a driver restart, or by another driver
-        write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
-                    trial.last_result or {}, error, curves)
+        todo = rows.unrecorded(self.results_dir, trial.trial_id, cfgs)
+        for i in set(range(len(cfgs))) - set(todo):   # written before a driver restart, or
+            rows.drop_live_curves(self.results_dir,   # finished by another driver: adopt it
+                                  rows.member_id(trial.trial_id, i, len(cfgs)))
+            adopt_finished(self.table, self.results_dir, cfgs[i].config_hash)
+        if todo:
+            write_trial(self.table, self.results_dir, trial.trial_id, trial.config,
+                        trial.last_result or {}, error, curves, runs=todo)
 
 
 def adopt_finished(table: str, results_dir: Path, config_hash: str) -> None:
@@ -214,17 +214,18 @@ def _error_text(trial: Any) -> str:
 
 def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[str, Any],
                 metrics: Mapping[str, Any], error: str,
-                curves: Mapping[int, Mapping[int, Mapping[str, Any]]] | None = None) -> None:
-    """The rows of one Tune trial: per run of its pack, a trials row and its curve rows
-    (`curves`: run index -> epoch -> metrics)."""
+                curves: Mapping[int, Mapping[int, Mapping[str, Any]]] | None = None,
+                runs: Sequence[int] | None = None) -> None:
+    """The rows of one Tune trial: per run of its pack (or of `runs`, indices into it), a
+    trials row and its curve rows (`curves`: run index -> epoch -> metrics)."""
     cfgs = pack_configs(params)
     n = len(cfgs)
     share = pack_gpus(params) / n                     # each run's part of the pack's GPUs
     members = list(metrics.get("members") or [])
     pack_wide = {k: metrics[k] for k in ("device_name", "time_total_s") if k in metrics}
     trial_rows, curve_rows = [], []
-    for i, cfg in enumerate(cfgs):
-        run_id = rows.member_id(trial_id, i, n)
+    for i in range(n) if runs is None else runs:
+        cfg, run_id = cfgs[i], rows.member_id(trial_id, i, n)
         last = {**(members[i] if i < len(members) else {}), **pack_wide}
         row = rows.trial_row(table, run_id, cfg, last, error=error, gpus=share,
                              pack_id=trial_id, pack_size=n)
@@ -572,13 +573,16 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
         trial_id = res.metrics.get("trial_id") or _trial_id_from_path(res.path)
         error = str(res.error)[-4000:] if res.error else ""
         cfgs = pack_configs(res.config)
-        if not rows.pack_recorded(results_dir, trial_id, cfgs):
-            write_trial(table, results_dir, trial_id, res.config, res.metrics, error)
-        elif not res.metrics:          # ended at once: another driver had finished its runs
+        if not res.metrics and not error:   # ended at once: its runs were finished already
             for cfg in cfgs:
                 adopt_finished(table, results_dir, cfg.config_hash)
             counts["reused"] = counts.get("reused", 0) + len(cfgs)
             continue
+        todo = rows.unrecorded(results_dir, trial_id, cfgs)
+        if todo:
+            write_trial(table, results_dir, trial_id, res.config, res.metrics, error, runs=todo)
+        for i in set(range(len(cfgs))) - set(todo):
+            adopt_finished(table, results_dir, cfgs[i].config_hash)
         members = list(res.metrics.get("members") or [])
         for i, cfg in enumerate(cfgs):
             status = rows.status_of(members[i] if i < len(members) else {}, error, cfg.epochs)

@@ -164,11 +164,12 @@ def is_recorded(results_dir: Path, trial_id: str, config_hash: str) -> bool:
     return trial_id in ids or config_hash in hashes
 
 
-def pack_recorded(results_dir: Path, pack_id: str, cfgs: Sequence[TrainConfig]) -> bool:
-    """Whether a pack's rows were written already (they are written together, in one file)."""
+def unrecorded(results_dir: Path, pack_id: str, cfgs: Sequence[TrainConfig]) -> list[int]:
+    """The runs of a pack that still need rows: neither written under their own trial id (by
+    this driver before a restart) nor finished under their config hash (by anyone)."""
     ids, hashes = recorded(results_dir)
-    return any(member_id(pack_id, i, len(cfgs)) in ids or c.config_hash in hashes
-               for i, c in enumerate(cfgs))
+    return [i for i, c in enumerate(cfgs)
+            if member_id(pack_id, i, len(cfgs)) not in ids and c.config_hash not in hashes]
 
 
 def adopt(results_dir: Path, table: str, reused: pd.DataFrame) -> int:

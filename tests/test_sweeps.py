@@ -288,4 +288,6 @@ def test_a_packs_rows_are_one_per_member(tmp_path):
     assert list(trials["top1"]) == [50.0, 60.0] and set(trials["pack_id"]) == {"abc_00001"}
     assert set(trials["pack_size"]) == {2} and list(trials["gpu_seconds"]) == [25.0, 25.0]
     assert len(rows.read_curves(tmp_path)) == 6
-    assert rows.pack_recorded(tmp_path, "abc_00001", cfgs)
+    assert rows.unrecorded(tmp_path, "abc_00001", cfgs) == []
+    third = build("digits-smoke", mix_prob=0.7)
+    assert rows.unrecorded(tmp_path, "abc_00001", [*cfgs, third]) == [2]
