@@ -433,10 +433,9 @@ def _pack_metrics(progs: Sequence[Progress], epoch: int) -> dict[str, Any]:
     members = [dict(p.history[-1]) if p.history else {} for p in progs]
     top1 = [m["top1"] for m in members
             if m.get("epoch") == epoch and not m.get("diverged") and not math.isnan(m["top1"])]
-    stat = (lambda f: f(top1) if top1 else math.nan)
-    return {"epoch": epoch, "top1": stat(lambda t: sum(t) / len(t)), "top1_min": stat(min),
-            "top1_max": stat(max), "live": sum(not p.diverged for p in progs),
-            "members": members}
+    return {"epoch": epoch, "top1": sum(top1) / len(top1) if top1 else math.nan,
+            "top1_min": min(top1, default=math.nan), "top1_max": max(top1, default=math.nan),
+            "live": sum(not p.diverged for p in progs), "members": members}
 
 
 def _fmt(d: Mapping[str, float]) -> str:

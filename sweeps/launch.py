@@ -102,7 +102,8 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
     all among them (its driver was killed after it ended, before Tune's experiment state said
     so) ends at once.
     """
-    from qimera_core.train import train_pack   # torch loads in trials, not before the grid check
+    # torch loads in trials, not before the grid is checked
+    from qimera_core.train import train_pack
     cfgs = pack_configs(params)
     run = params["run"]
     # The whole pack trains unless every run of it is done (here, or by another driver since
@@ -257,21 +258,24 @@ class TrialDirName:
         return f"{trial.trial_id}--{size}{safe}"[:120]
 
 
+def _value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _distinct(values: Sequence[Any]) -> list[Any]:
+    return sorted(set(values), key=lambda v: (str(type(v)), v))
+
+
 def _span(values: Sequence[Any]) -> str:
     """One value, or the smallest and largest of a pack's values."""
-    fmt = (lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
-    distinct = sorted(set(values), key=str) if not all(
-        isinstance(v, (int, float)) for v in values) else sorted(set(values))
-    return fmt(distinct[0]) if len(distinct) == 1 else f"{fmt(distinct[0])}-{fmt(distinct[-1])}"
+    d = _distinct(values)
+    return _value(d[0]) if len(d) == 1 else f"{_value(d[0])}-{_value(d[-1])}"
 
 
 def pack_label(cfgs: Sequence[TrainConfig], axes: Sequence[str]) -> str:
     """What Tune's table shows for a pack: each swept key with the members' values."""
-    parts = []
-    for a in (*axes, "seed"):
-        values = sorted({getattr(c, a) for c in cfgs}, key=lambda v: (str(type(v)), v))
-        parts.append(f"{a}={','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}")
-    return " ".join(parts)
+    return " ".join(f"{a}={','.join(_value(v) for v in _distinct([getattr(c, a) for c in cfgs]))}"
+                    for a in (*axes, "seed"))
 
 
 # ---- command line ----------------------------------------------------------------------------
