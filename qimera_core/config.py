@@ -272,9 +272,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                         epochs=14, steps_per_epoch=50, batch_size=64, warmup_epochs=4,
                         act_range_epochs=4, lr_student=1e-3, lr_milestones=(10,),
                         eval_batch_size=500),
-    # The sweeps' --offline tables (72 runs for Table 9's first block with 3 seeds, on 2
-    # cores in about 10 minutes): 320 steps at batch 32, long enough that the student ends
-    # above its start; the plain EMA range settles within the 80 warm-up updates.
+    # The sweeps' --offline tables (Table 9's first block with 3 seeds, 72 runs, took 5.6
+    # minutes on 2 idle cores): 320 steps at batch 32. The student ends above its start at
+    # low p and K and below it at high p and K (README, Offline tables). The plain EMA range
+    # settles within the 80 warm-up updates.
     "digits-offline": dict(teacher="digits_resnet8", eval_data="digits", w_bits=2, a_bits=2,
                            mix_prob=0.4, mix_classes=2, dm_layers=1, emb_init="extracted",
                            epochs=8, steps_per_epoch=40, batch_size=32, warmup_epochs=2,
