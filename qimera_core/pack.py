@@ -86,9 +86,6 @@ class One:
     def parameters(self) -> list[Tensor]:
         return list(self.module.parameters())
 
-    def named_parameters(self) -> list[tuple[str, Tensor]]:
-        return list(self.module.named_parameters())
-
     def state_dict(self) -> dict[str, Tensor]:
         return self.module.state_dict()
 
@@ -130,9 +127,6 @@ class Stack:
 
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
-
-    def named_parameters(self) -> list[tuple[str, Tensor]]:
-        return list(self.params.items())
 
     def _tensors(self) -> dict[str, Tensor]:
         return {**self.params, **self.buffers}
