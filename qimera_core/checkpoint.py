@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qimera_core.builders import build_models
 from qimera_core.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,6 @@ class Trained:
 def load_trained(ckpt_dir: Path, device: str | torch.device = "cpu", member: int = 0) -> Trained:
     """Rebuild teacher (FP, eval), quantized student and generator of one run from its
     checkpoint; `member` picks a run of a pack (its index in the pack's configs)."""
-    from qimera_core.train import build_models   # train imports this module
-
     state = load(ckpt_dir)
     configs = state["configs"]
     if not 0 <= member < len(configs):

@@ -10,7 +10,6 @@ quantized student distils from the teacher on the detached batch (after the warm
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -26,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from qimera_core import checkpoint, data, models, pack, prepare, quant, results
+from qimera_core.builders import build_generator, build_networks, resolve_device
 from qimera_core.config import (PRESETS, RUN_ONLY_FIELDS, ArgumentParser, TrainConfig,
                                 add_config_flags, build, overrides_from_args)
-from qimera_core.generator import Generator, Latents, sample_latents, stack_latents
+from qimera_core.generator import Latents, sample_latents, stack_latents
 from qimera_core.losses import TeacherWithBNStats, kd_loss, soft_cross_entropy
 from qimera_core.report import Reporter, log_reporter
 
@@ -38,69 +38,11 @@ _G_LOSSES = ("loss_g", "loss_g_ce", "loss_bns")
 _LOSSES = (*_G_LOSSES, "loss_s", "loss_kd", "loss_s_ce")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device='cpu' "
-                         "or 'auto'")
-    return torch.device(name)
-
-
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:                      # macOS, Windows
         return os.cpu_count() or 1
-
-
-def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module, Generator]:
-    """Teacher (FP, eval, frozen), its quantized copy (eval mode throughout, §2.4), generator."""
-    teacher, student = build_networks(cfg, device)
-    return teacher, student, build_generator(cfg, models.spec(cfg.teacher), teacher, device)
-
-
-def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """The teacher and its quantized copy: what every member of a pack shares or starts from."""
-    spec = models.spec(cfg.teacher)
-    teacher = models.load_teacher(cfg).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = quant.quantize(copy.deepcopy(teacher), w_bits=cfg.w_bits, a_bits=cfg.a_bits,
-                             act_mode=cfg.act_range_mode, act_beta=cfg.act_ema_beta,
-                             sites=cfg.act_quant_sites)
-    quant.audit_activations(student, torch.zeros(2, *spec.input_shape, device=device),
-                            sites=cfg.act_quant_sites)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    student.eval()
-    if cfg.channels_last:
-        for m in (teacher, student):
-            m.to(memory_format=torch.channels_last)
-    return teacher, student
-
-
-def build_generator(cfg: TrainConfig, spec: models.TeacherSpec, teacher: nn.Module,
-                    device: torch.device | None = None,
-                    freeze_embeddings: bool | None = None) -> Generator:
-    """The run's generator, in train mode. Its initialisation depends on `cfg.seed` alone (the
-    global RNG is seeded here), so a pack member's generator equals the one it builds alone.
-    `freeze_embeddings=False` overrides the config (a pack freezes by masking gradients)."""
-    torch.manual_seed(cfg.seed)
-    weight = models.classifier_weight(teacher)                  # (C, D)
-    multiplicative = cfg.latent_input == "multiplicative"
-    channels, height, _ = spec.input_shape
-    freeze = cfg.freeze_embeddings if freeze_embeddings is None else freeze_embeddings
-    g = Generator(
-        num_classes=spec.num_classes, latent_dim=100 if multiplicative else weight.shape[1],
-        img_size=height, channels=channels,
-        dm_layers=cfg.dm_layers, dm_width=cfg.dm_width, dm_activation=cfg.dm_activation,
-        embeddings=weight if cfg.emb_init == "extracted" else None,
-        freeze_embeddings=freeze, conditional_bn=height >= 64,
-        latent_input=cfg.latent_input, cbn_mix=cfg.cbn_mix).to(device or weight.device).train()
-    if cfg.channels_last:
-        g.to(memory_format=torch.channels_last)
-    return g
 
 
 def _no_mark(_phase: str) -> None:

@@ -174,8 +174,8 @@ def test_imagenet_path_mobilenetv2_cbn_relu6_conv_classifier(tmp_path):
     """The ImageNet generator (class-conditional BN at 224 px) with a MobileNetV2 teacher:
     ReLU6 quantizers, and embeddings extracted from its 1x1-conv classifier (method doc §2.6)."""
     from qimera_core import quant
+    from qimera_core.builders import build_models
     from qimera_core.generator import CondBatchNorm2d
-    from qimera_core.train import build_models
 
     cfg = build("imagenet-mobilenetv2-4w4a", teacher_weights="random", eval_data="synthetic",
                 batch_size=4, epochs=1, steps_per_epoch=2, warmup_epochs=0,
