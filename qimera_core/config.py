@@ -222,8 +222,8 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
     _check(c.num_threads >= 0, f"num_threads must be >= 0 (0 = all CPUs), got {c.num_threads}")
     _check(c.normalization in NORMALIZATIONS,
            f"normalization must be one of {NORMALIZATIONS}, got {c.normalization!r}")
-    from qimera_core import models    # late: models imports this module
-    models.spec(c.teacher)            # unknown teacher names fail here, listing valid ones
+    from qimera_core import teachers  # late: keeps `import qimera_core.config` free of torch
+    teachers.spec(c.teacher)          # unknown teacher names fail here, listing valid ones
     kind = c.eval_data.split(":", 1)[0]
     _check(kind in EVAL_DATA or kind == "npz",
            f"eval_data must be one of {EVAL_DATA}, 'imagenet:VALDIR' or 'npz:PATH', "
