@@ -1,189 +1,30 @@
-"""Fake quantization as in the official Qimera/GDFQ code (method doc §2), built on fused kernels.
-
-Asymmetric uniform quantization with a plain straight-through estimator: per-output-channel
-weight ranges recomputed from the current weights, per-tensor activation ranges after every
-ReLU/ReLU6 tracked during calibration and frozen after. For bits b and range [m, M]:
-
-    scale = max(M - m, 1e-8) / (2^b - 1),   zp = -round(m / scale)
-    q = clamp(round(x / scale) + zp, 0, 2^b - 1),   x_hat = (q - zp) * scale
-
-This is the official grid (2^b levels starting at round(m/scale)*scale), written in PyTorch's
-fake-quant convention so that activations run through one fused kernel. It equals the
-official arithmetic up to float rounding of the scale.
+"""Quantizing a model as the official Qimera/GDFQ code does (method doc §2): every Conv2d/Linear
+and every ReLU/ReLU6 output, with the layers of `qimera_core.fakequant` (its arithmetic is
+described there). Activation quantizers go one per ReLU module (official, "module") or one per
+call site found with torch.fx ("call_site", the default); the audit says what stays unquantized.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
+
+# The arithmetic and the layers are in qimera_core.fakequant; they stay part of this interface.
+from qimera_core.fakequant import (  # noqa: F401
+    QuantAct,
+    QuantConv2d,
+    QuantLinear,
+    fake_quant_reference,
+    qparams,
+    quantize_weight,
+)
 
 log = logging.getLogger(__name__)
-
-
-def qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """(scale, zero_point) for ranges [lo, hi]; shapes follow lo/hi (per-channel or scalar)."""
-    scale = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
-    zero_point = -torch.round(lo * (1.0 / scale))
-    return scale, zero_point
-
-
-def fake_quant_reference(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """Quantize -> dequantize with plain ops (no autograd trick); the numerics everything matches."""
-    scale, zp = qparams(lo, hi, bits)
-    q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, 0, 2**bits - 1)
-    return (q - zp) * scale
-
-
-def quantize_weight(w: Tensor, bits: int) -> Tensor:
-    """Per-output-channel fake quantization with a straight-through gradient."""
-    flat = w.detach().flatten(1)                       # (out_ch, rest)
-    lo, hi = torch.aminmax(flat, dim=1)
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    wq = fake_quant_reference(w.detach(), lo.view(shape), hi.view(shape), bits)
-    # (grad mode, not w.requires_grad: under a pack's vmap the weight reports no grad)
-    return w + (wq - w).detach() if torch.is_grad_enabled() else wq
-
-
-class _ActQuantSTE(torch.autograd.Function):
-    """Fused fake-quant forward; backward passes the gradient straight through (no clip mask).
-
-    With `relu=True` the ReLU is folded in (the grid starts at 0, so clamping at q=0 is the
-    ReLU) and the backward applies the ReLU's own mask, x > 0.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor, zp: Tensor, qmax: int, relu: bool) -> Tensor:
-        ctx.relu = relu
-        if relu:
-            ctx.save_for_backward(x > 0)
-        return torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, qmax)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        if ctx.relu:
-            (mask,) = ctx.saved_tensors
-            grad = grad * mask
-        return grad, None, None, None, None
-
-
-class QuantAct(nn.Module):
-    """An activation (ReLU or ReLU6) followed by a per-tensor activation quantizer.
-
-    While `calibrating`, every forward updates the range with the official recurrence
-    (method doc §2.3) or a plain EMA, then quantizes with the updated range.
-
-    `packed` (set by `qimera_core.pack` on the template it vmaps over a pack's stacked
-    buffers), or float64 input: plain ops instead of the fused kernel (same values in float32),
-    and nothing cached on the module.
-    """
-
-    packed = False
-
-    def __init__(self, act: nn.Module, bits: int, *, mode: str = "official", beta: float = 0.9):
-        super().__init__()
-        self.act = act
-        self.bits = bits
-        self.mode = mode
-        self.beta = beta
-        self.calibrating = False
-        self.register_buffer("lo", torch.zeros(()))
-        self.register_buffer("hi", torch.zeros(()))
-        self.register_buffer("beta_t", torch.ones(()))
-        self._frozen: tuple[Tensor, Tensor, bool] | None = None
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}, mode={self.mode}"
-
-    def _update_range(self, y: Tensor) -> None:
-        ymin, ymax = torch.aminmax(y.detach())
-        b = self.beta
-        if self.mode == "official":
-            # m_t = (b m_{t-1} + (1-b) min) / (1 - b_t), b_t = b_{t-1} b: the stored value is
-            # divided again every step, as in the official code.
-            self.beta_t.mul_(b)
-            self.lo.copy_((b * self.lo + (1 - b) * ymin) / (1 - self.beta_t))
-            self.hi.copy_((b * self.hi + (1 - b) * ymax) / (1 - self.beta_t))
-        else:
-            first = self.beta_t == 1
-            self.lo.copy_(torch.where(first, ymin, b * self.lo + (1 - b) * ymin))
-            self.hi.copy_(torch.where(first, ymax, b * self.hi + (1 - b) * ymax))
-            self.beta_t.mul_(b)
-
-    def _qparams(self) -> tuple[Tensor, Tensor, bool]:
-        """(scale, int32 zero point, fold ReLU?); cached once the range is frozen."""
-        if self._frozen is not None and not self.calibrating:
-            return self._frozen
-        scale, zp = qparams(self.lo, self.hi, self.bits)
-        zp = zp.to(torch.int32).reshape(1)
-        if self.calibrating:
-            return scale.reshape(1), zp, False
-        # Frozen: decide once (one host sync) whether the ReLU can fold into the quantizer.
-        # It can when the grid starts at 0, which is the case after a ReLU unless every
-        # calibration batch was strictly positive.
-        fold = isinstance(self.act, nn.ReLU) and int(zp) == 0
-        self._frozen = (scale.reshape(1), zp, fold)
-        return self._frozen
-
-    def forward(self, x: Tensor) -> Tensor:
-        qmax = 2**self.bits - 1
-        if self.packed or x.dtype == torch.float64:   # the fused kernel computes in float32
-            y = self.act(x)
-            if self.calibrating:
-                self._update_range(y)
-            scale, zp = qparams(self.lo, self.hi, self.bits)
-            fq = (torch.clamp(torch.round(y.detach() * (1.0 / scale)) + zp, 0, qmax) - zp) * scale
-            return fq + (y - y.detach())    # the fused kernel's value, a straight-through grad
-        if self.calibrating:
-            y = self.act(x)
-            self._update_range(y)
-            scale, zp, _ = self._qparams()
-            return _ActQuantSTE.apply(y, scale, zp, qmax, False)
-        scale, zp, fold = self._qparams()
-        if fold:
-            return _ActQuantSTE.apply(x, scale, zp, qmax, True)
-        return _ActQuantSTE.apply(self.act(x), scale, zp, qmax, False)
-
-    def _load_from_state_dict(self, *args, **kwargs):  # ranges changed: drop the cache
-        self._frozen = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-
-class QuantConv2d(nn.Conv2d):
-    """Conv2d whose weights are fake-quantized per output channel on every forward.
-
-    In inference mode the quantized weight is cached until the weight changes (not when
-    `packed`: the weights are then a pack's stacked tensors, seen through vmap).
-    """
-
-    w_bits: int = 8
-    packed = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, _cached_weight(self), self.bias)
-
-
-class QuantLinear(nn.Linear):
-    w_bits: int = 8
-    packed = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, _cached_weight(self), self.bias)
-
-
-def _cached_weight(m: nn.Module) -> Tensor:
-    w = m.weight
-    if m.packed or (torch.is_grad_enabled() and w.requires_grad):
-        return quantize_weight(w, m.w_bits)
-    key = (w._version, w.data_ptr(), w.device)
-    cache = m.__dict__.get("_wq_cache")
-    if cache is None or cache[0] != key:
-        cache = (key, quantize_weight(w.detach(), m.w_bits))
-        m.__dict__["_wq_cache"] = cache
-    return cache[1]
 
 
 def _swap_class(m: nn.Module, cls: type, bits: int) -> None:
@@ -196,7 +37,7 @@ def quantize(model: nn.Module, *, w_bits: int, a_bits: int, act_mode: str = "off
     """Quantize `model`: every Conv2d/Linear's weights, and every ReLU/ReLU6 output. BatchNorm
     stays FP and unfolded. Modules are changed in place; use the returned model.
 
-    sites="call_site": one quantizer per call, module or functional (qimera_core.sites); a
+    sites="call_site": one quantizer per call, module or functional (quantize_call_sites); a
     model that torch.fx cannot trace falls back to "module" and `audit_activations` says why.
     sites="module" (official): one quantizer per nn.ReLU/nn.ReLU6 object, shared by its calls;
     functional ReLUs stay at full precision.
@@ -205,9 +46,8 @@ def quantize(model: nn.Module, *, w_bits: int, a_bits: int, act_mode: str = "off
         raise ValueError(f"sites must be 'call_site' or 'module', got {sites!r}")
     trace_error = ""
     if sites == "call_site":
-        from qimera_core import sites as call_sites
         try:
-            model = call_sites.quantize_call_sites(model, a_bits, act_mode, act_beta)
+            model = quantize_call_sites(model, a_bits, act_mode, act_beta)
         except Exception as e:  # fx raises many types (TraceError, TypeError, ...) on control flow
             trace_error = f"{type(e).__name__}: {e}".splitlines()[0][:200]
             _replace_acts(model, a_bits, act_mode, act_beta)
@@ -251,6 +91,127 @@ def set_calibration(model: nn.Module, enabled: bool) -> None:
                 q._qparams()      # cache the frozen range now, outside any inference_mode
 
 
+# ---- one activation quantizer per ReLU/ReLU6 call site (torch.fx) ---------------------------
+# Functional spellings of ReLU / ReLU6 that fx records as call_function or call_method nodes.
+_RELU_FNS = {F.relu: False, torch.relu: False, torch.relu_: True, torch.nn.functional.relu_: True}
+_RELU6_FNS = (F.relu6,)
+_RELU_METHODS = {"relu": False, "relu_": True}
+
+
+class _Tracer(fx.Tracer):
+    """Standard tracer that also keeps our quantized layers as leaves (never traced into)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (QuantAct, QuantConv2d, QuantLinear)) or super().is_leaf_module(
+            m, qualname)
+
+
+@dataclass
+class _Site:
+    node: fx.Node
+    act: nn.Module            # the activation this site computes (a fresh module if functional)
+    owner: str                # qualified name of the module the call happens in ("" = root)
+    module_target: str = ""   # set for call_module sites
+
+
+def _act_of(node: fx.Node, model: nn.Module) -> nn.Module | None:
+    """The ReLU/ReLU6 a node computes, or None if it is not one."""
+    if node.op == "call_module":
+        m = model.get_submodule(node.target)
+        return m if isinstance(m, (nn.ReLU, nn.ReLU6)) else None
+    inplace = bool(node.kwargs.get("inplace", False))
+    if node.op == "call_function":
+        if node.target in _RELU_FNS:
+            return nn.ReLU(inplace=inplace or _RELU_FNS[node.target])
+        if node.target in _RELU6_FNS:
+            return nn.ReLU6(inplace=inplace)
+        if node.target is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0):
+            return nn.ReLU6(inplace=inplace)
+    if node.op == "call_method" and node.target in _RELU_METHODS:
+        return nn.ReLU(inplace=_RELU_METHODS[node.target])
+    return None
+
+
+def _owner(node: fx.Node, model: nn.Module) -> str:
+    """Qualified name of the innermost module a functional call runs in ("" = the root)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for key, value in reversed(stack.items()):
+        path = value[0] if isinstance(value, tuple) else key
+        try:
+            model.get_submodule(path)
+            return path
+        except AttributeError:      # some torch versions record mangled keys; try the next
+            continue
+    return ""
+
+
+def find_sites(model: nn.Module) -> tuple[fx.Graph, list[_Site]]:
+    """Trace `model` (in its current train/eval mode) and list its ReLU/ReLU6 call sites."""
+    graph = _Tracer().trace(model)
+    sites = []
+    for node in graph.nodes:
+        act = _act_of(node, model)
+        if act is not None:
+            target = node.target if node.op == "call_module" else ""
+            owner = target.rpartition(".")[0] if target else _owner(node, model)
+            sites.append(_Site(node, act, owner, target))
+    return graph, sites
+
+
+def _free_name(model: nn.Module, owner: str, stem: str) -> str:
+    k = 1
+    while True:
+        name = f"{owner}.{stem}_site{k}" if owner else f"{stem}_site{k}"
+        try:
+            model.get_submodule(name)
+        except AttributeError:
+            return name
+        k += 1
+
+
+def quantize_call_sites(model: nn.Module, bits: int, mode: str, beta: float) -> nn.Module:
+    """Put one QuantAct at every ReLU/ReLU6 call site of `model` (modified in place).
+
+    A module's first call site wraps the module where it is (same name as in "module" mode).
+    Later calls of a shared module and functional calls get new QuantActs named
+    `<owner>.<act>_site<k>`; only then is a torch.fx GraphModule returned, traced in the model's
+    current mode (eval for students), else `model` itself. So a model whose ReLU modules are each
+    called once quantizes exactly as in "module" mode. Raises what tracing raises.
+    """
+    graph, sites = find_sites(model)
+    seen: set[str] = set()
+    extra = []
+    for s in sites:
+        if s.module_target and s.module_target not in seen:
+            seen.add(s.module_target)
+            parent, _, leaf = s.module_target.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, QuantAct(s.act, bits, mode=mode, beta=beta))
+        else:
+            extra.append(s)
+    if not extra:
+        return model
+    for s in extra:
+        stem = (s.module_target.rpartition(".")[2] if s.module_target
+                else type(s.act).__name__.lower())
+        name = _free_name(model, s.owner, stem)
+        act = copy.deepcopy(s.act)
+        _add_submodule(model, name, QuantAct(act, bits, mode=mode, beta=beta))
+        with graph.inserting_after(s.node):
+            new = graph.call_module(name, (s.node.args[0],))
+        s.node.replace_all_uses_with(new)
+        graph.erase_node(s.node)
+    graph.lint()
+    gm = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    gm.train(model.training)
+    return gm
+
+
+def _add_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    model.get_submodule(parent).add_module(leaf, module)
+
+
+# ---- what runs unquantized -------------------------------------------------------------------
 class _ActivationAudit(torch.overrides.TorchFunctionMode):
     """Records activation functions called outside QuantAct modules during one forward, with the
     innermost module they were called in."""
