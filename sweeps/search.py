@@ -98,7 +98,7 @@ def check_space(base: TrainConfig, space: Mapping[str, Dim]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps.launch import add_run_flags
+    from sweeps.cli import add_run_flags
     p = ArgumentParser(prog="python -m sweeps.search", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        allow_abbrev=False)
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Dim]]:
     from qimera_core.config import overrides_from_args
-    from sweeps.launch import check_overrides
+    from sweeps.plan import check_overrides
     if args.smoke_test:
         args.preset = args.preset or SMOKE["preset"]
         args.num_samples = args.num_samples or SMOKE["num_samples"]

@@ -105,7 +105,7 @@ def test_a_file_gone_between_glob_and_read_is_skipped(tmp_path):
 
 def test_results_callback_writes_each_reported_epoch_at_once(tmp_path):
     pytest.importorskip("ray")
-    from sweeps.launch import ResultsWriter
+    from sweeps.writer import ResultsWriter
 
     c = cfg(2, 0.1)
     trial = SimpleNamespace(trial_id="abc_00000",

@@ -217,7 +217,8 @@ def test_dry_run_counts_reused_trials(tmp_path, capsys):
 
 
 def test_resources_storage_and_placement(tmp_path, monkeypatch):
-    from sweeps.launch import default_gpus, place, storage_path
+    from sweeps.launch import storage_path
+    from sweeps.plan import default_gpus, place
     digits, imagenet = build("digits-smoke"), build("imagenet-resnet50-4w4a")
     assert default_gpus(digits, None, have_gpus=True) == 0.25
     assert default_gpus(imagenet, None, have_gpus=True) == 1.0
@@ -256,7 +257,8 @@ def test_offline_is_the_first_settings_rows_on_the_digits_offline_schedule():
 
 def test_pack_flag_and_auto_pack_sizes():
     pytest.importorskip("ray")
-    from sweeps.launch import _pack_flag, auto_pack_size, build_parser
+    from sweeps.cli import _pack_flag, build_parser
+    from sweeps.plan import auto_pack_size
     assert _pack_flag("auto") == "auto" and _pack_flag("off") == "off" and _pack_flag("6") == 6
     with pytest.raises(SystemExit):
         build_parser("table9").parse_args(["--pack", "0"])
@@ -272,7 +274,8 @@ def test_pack_flag_and_auto_pack_sizes():
 
 def test_a_packs_rows_are_one_per_member(tmp_path):
     pytest.importorskip("ray")
-    from sweeps.launch import pack_gpus, write_trial
+    from sweeps.trial import pack_gpus
+    from sweeps.writer import write_trial
     cfgs = [build("digits-smoke", mix_prob=p) for p in (0.1, 0.4)]
     params = {"pack": {"configs": [c.to_dict() for c in cfgs]},
               "run": {"gpus": {"digits_resnet8": 0.25}}}

@@ -1,0 +1,94 @@
+"""The flags of the sweep scripts: a table script's (build_parser), and the storage, Ray and
+resource flags that `sweeps.search` shares (add_run_flags). No Ray."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qimera_core.config import ArgumentParser, add_config_flags
+from sweeps.page import add_page_flags
+from sweeps.plan import IMAGENET_TRIAL_GPUS, SMALL_TRIAL_GPUS
+
+
+def build_parser(table: str, doc: str | None = None) -> argparse.ArgumentParser:
+    """The flags of a table script: what to run, then the flags every sweep shares."""
+    p = ArgumentParser(prog=f"python -m sweeps.{table}", description=doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       allow_abbrev=False)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--smoke-test", action="store_true",
+                   help="the first block's axes, one seed, on the offline digits-smoke setting: "
+                        "the whole pipeline in minutes on a laptop")
+    g.add_argument("--offline", action="store_true",
+                   help="the first setting's rows (all their cells), 3 seeds, on the offline "
+                        "digits-offline schedule: a small real study on a laptop, no internet")
+    g.add_argument("--seeds", type=int, default=None,
+                   help="seeds per cell (default 3; 1 with --smoke-test)")
+    g.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   metavar="ROW[,ROW]", help="rows to run, by substring (e.g. cifar100)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="validate, list the trials still to run, and stop before Ray")
+    add_run_flags(p)
+    add_config_flags(p.add_argument_group(
+        "trial settings (override every block; overriding a swept key narrows that axis)"))
+    return p
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by the table scripts and `sweeps.search`: storage, Ray, resources."""
+    g = p.add_argument_group("where results go")
+    g.add_argument("--storage", default="runs/sweeps",
+                   help="Tune storage: a path (made absolute) or URI (s3://..., file://...) for "
+                        "checkpoints, logs and TensorBoard events (default: runs/sweeps)")
+    g.add_argument("--results", type=Path, default=Path("results"),
+                   help="directory on the driver for trials-*.parquet and curves-*.parquet "
+                        "(default: results)")
+    g.add_argument("--name", default=None,
+                   help="experiment name under --storage (default: <table>[-smoke]-<time>)")
+    g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="NAME",
+                   help="continue an interrupted experiment (default: this table's latest) "
+                        "from its checkpoints; finished trials are not rerun")
+    g = p.add_argument_group("Ray and resources")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to join (e.g. auto); default: the cluster this node runs "
+                        "($RAY_ADDRESS or `ray start`), else a private local Ray; "
+                        "'local' forces a private one")
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    g.add_argument("--cpus-per-trial", type=int, default=1,
+                   help="CPUs per trial, and the trainer's thread count (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=None,
+                   help=f"GPUs per trial (default when the cluster has GPUs: {SMALL_TRIAL_GPUS} "
+                        f"for CIFAR/digits, {IMAGENET_TRIAL_GPUS:g} for ImageNet; else 0)")
+    g.add_argument("--pack", type=_pack_flag, default=None, metavar="N|auto|off",
+                   help="train up to N compatible trials (same shapes, different p, K, sigma, "
+                        "seed...) together in one process and one Tune trial; auto (default "
+                        "for tables) picks N from the device, see the README; off = 1. "
+                        "Search mode always runs trials alone")
+    g.add_argument("--max-concurrent", type=int, default=0,
+                   help="at most this many trials at once (default 0: as resources allow)")
+    g.add_argument("--max-failures", type=int, default=3,
+                   help="restarts of a crashed trial from its last checkpoint (default 3)")
+    g.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="checkpoints kept per trial in storage (default 2)")
+    g.add_argument("--no-reuse-actors", dest="reuse_actors", action="store_false",
+                   help="a fresh worker process for every trial (default: reuse them)")
+    g.add_argument("--dashboard", action="store_true",
+                   help="with a local Ray, start its dashboard on 127.0.0.1:8265 (local only)")
+    g.add_argument("--fail-once-at-epoch", type=int, default=0, metavar="N",
+                   help="testing: each trial kills its own process once after epoch N, and "
+                        "must recover from its checkpoint")
+    add_page_flags(p)
+
+
+def _pack_flag(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pack takes a number, auto or off, got {text!r}"
+                                         ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--pack N needs N >= 1 (1 = off), got {n}")
+    return n

@@ -1,0 +1,114 @@
+"""What runs inside a Ray worker: one Tune trial trains one pack of TrainConfigs (or search
+mode's single sampled config) through the core train_pack(), reporting each epoch and its
+checkpoint to Tune, and resuming from the last one after a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from qimera_core.config import TrainConfig
+from sweeps import rows
+
+log = logging.getLogger(__name__)
+
+
+class TuneReporter:
+    """The Reporter that train() calls inside a trial: each epoch's metrics and checkpoint go to
+    Tune, which copies the checkpoint to storage. Optionally kills its own process once after
+    epoch `fail_once_at_epoch`, to exercise recovery from checkpoints (testing only)."""
+
+    def __init__(self, device_name: str, fail_once_at_epoch: int = 0,
+                 marker: Path | None = None) -> None:
+        self.device_name = device_name
+        self.fail_once_at_epoch = fail_once_at_epoch
+        self.marker = marker
+
+    def __call__(self, metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report({**metrics, "device_name": self.device_name}, checkpoint=checkpoint)
+        if self.fail_once_at_epoch and metrics.get("epoch") == self.fail_once_at_epoch:
+            if self.marker is not None and not self.marker.exists():
+                self.marker.touch()
+                log.warning("--fail-once-at-epoch %d: killing this trial's process",
+                            self.fail_once_at_epoch)
+                os.kill(os.getpid(), signal.SIGKILL)   # a crash, not an exception Tune could catch
+
+
+def _claim_device(cfg: TrainConfig, gpus: float) -> str:
+    import torch
+    if cfg.device.startswith("cuda"):
+        # Ray shares a GPU between fractional trials but does not fence their memory.
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpus))
+        return torch.cuda.get_device_name()
+    return "cpu"
+
+
+def pack_configs(params: Mapping[str, Any]) -> list[TrainConfig]:
+    """The runs of one Tune trial: a table's pack ({"pack": {"configs": [...]}}) or search
+    mode's single sampled config ({"config": {...}})."""
+    if "pack" in params:
+        return [TrainConfig.from_dict(d) for d in params["pack"]["configs"]]
+    return [TrainConfig.from_dict(params["config"])]
+
+
+def pack_gpus(params: Mapping[str, Any]) -> float:
+    """GPUs a Tune trial asks for: its runs' per-run share times their number, at most one
+    GPU (a pack of small runs fills one GPU instead of sharing it between processes)."""
+    cfgs = pack_configs(params)
+    share = params["run"]["gpus"][cfgs[0].teacher]
+    return share if len(cfgs) == 1 else min(1.0, share * len(cfgs))
+
+
+def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) -> None:
+    """Tune's function trainable: one pack of TrainConfigs through the core train_pack(),
+    resumable.
+
+    `finished`: config hashes with a finished row in --results. A restored trial whose runs are
+    all among them (its driver was killed after it ended, before Tune's experiment state said
+    so) ends at once.
+    """
+    # torch loads in trials, not before the grid is checked
+    from qimera_core.train import train_pack
+    cfgs = pack_configs(params)
+    run = params["run"]
+    # The whole pack trains unless every run of it is done (here, or by another driver since
+    # planning); a run done elsewhere trains again, which costs time, not rows.
+    if all(c.config_hash in finished or _finished_elsewhere(run.get("results", ""), c)
+           for c in cfgs):
+        return
+    reporter = TuneReporter(_claim_device(cfgs[0], pack_gpus(params)),
+                            run.get("fail_once_at_epoch", 0),
+                            Path(tune.get_context().get_trial_dir()) / ".failed-once")
+    resume = tune.get_checkpoint()
+    # train_pack()'s own checkpoint folder is scratch: Tune copies each reported one to storage.
+    with (tempfile.TemporaryDirectory(prefix="qimera-trial-") as out_dir,
+          resume.as_directory() if resume else contextlib.nullcontext() as resume_dir):
+        train_pack(cfgs, Path(out_dir), report=reporter,
+                   resume_from=Path(resume_dir) if resume_dir else None)
+
+
+def _finished_elsewhere(results_dir: str, cfg: TrainConfig) -> bool:
+    """Whether another driver (a second sweep into the same --results) finished this config
+    after this one planned it. Checked where this node sees --results (one machine, or a
+    shared filesystem); elsewhere two drivers may both run it, which costs time, not rows."""
+    if not results_dir or not Path(results_dir).is_dir():
+        return False
+    return cfg.config_hash in rows.recorded(Path(results_dir))[1]
+
+
+def trial_resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
+    return tune.PlacementGroupFactory([{"CPU": params["run"]["cpus"], "GPU": pack_gpus(params)}])
+
+
+def trainable(finished: frozenset[str] = frozenset()) -> Any:
+    return tune.with_parameters(tune.with_resources(run_trial, trial_resources),
+                                finished=finished)
