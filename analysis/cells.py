@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from qimera_core.config import FIELD_NAMES, RUN_ONLY_FIELDS
 
-from . import paper
+from . import paper, stats
 from .load import (
     AnalysisError,
     Results,
@@ -30,17 +31,27 @@ from .load import (
 
 log = logging.getLogger(__name__)
 
+TOP_MARK = "▲"   # the cell with the best mean; bold = not significantly worse than it
 METRICS = {"top1": "final top-1 (%)",
            "best_top1": "best-epoch top-1 (%), epoch chosen on the test set (optimistic; "
                         "not the final accuracy)"}
 # Fields that may differ between the seeds of one cell without making it a different cell.
 _FREE_FIELDS = {"seed", "teacher_weights", "eval_data", *RUN_ONLY_FIELDS}
 COMPARED_FIELDS = sorted(FIELD_NAMES - _FREE_FIELDS)
+# The columns of a cell that a race log names it by (the swept axes of every table).
+RACE_CELL_FIELDS = ("setting", "mix_prob", "mix_classes", "dm_layers", "noise_sigma",
+                    "method_label")
+# Statistics columns of a cell, left out of its `samples` rows.
+_STAT_COLUMNS = {"mean", "std", "n", "ci_low", "ci_high", "status", "reason", "gpu_hours",
+                 "wall_hours", "mixed", "final_mean", "best_mean", "best_ci_low", "best_ci_high",
+                 "text", "bold", "top", "tie_p", "tie_test", "race_out", "paper", "paper_flag",
+                 "delta", "delta_final", "paper_in_ci", "metric", "seeds"}
 
 
 @dataclass
 class PaperTable:
-    """One rendered table; `frame` is the paper layout, `cells` the numbers behind it."""
+    """One rendered table; `frame` is the paper layout, `cells` the numbers behind it, `bold`
+    the cells tied with their block's best (not significantly worse), `top` the best mean."""
 
     name: str
     title: str
@@ -49,6 +60,10 @@ class PaperTable:
     cells: pd.DataFrame
     metric: str
     notes: list[str] = field(default_factory=list)
+    top: pd.DataFrame = field(default_factory=pd.DataFrame)   # the best mean of each block
+    # one row per finished run of our cells (cell columns, seed, value, start): analysis.effects
+    samples: pd.DataFrame = field(default_factory=pd.DataFrame)
+    alpha: float = stats.ALPHA
 
     def __repr__(self) -> str:
         return f"{self.title}\n{self.frame.to_string()}"
@@ -89,9 +104,10 @@ def _problems(bad: pd.DataFrame) -> str:
 
 def _cell_stats(g: pd.DataFrame | None, metric: str, seeds: int) -> dict:
     if g is None or g.empty:
-        return dict(mean=math.nan, std=math.nan, n=0, status="not run", reason="not run",
-                    gpu_hours=0.0, wall_hours=0.0, mixed="", final_mean=math.nan,
-                    best_mean=math.nan)
+        return dict(mean=math.nan, std=math.nan, n=0, ci_low=math.nan, ci_high=math.nan,
+                    status="not run", reason="not run", gpu_hours=0.0, wall_hours=0.0,
+                    mixed="", final_mean=math.nan, best_mean=math.nan, best_ci_low=math.nan,
+                    best_ci_high=math.nan, _samples={}, _starts={})
     ok = g[(g["status"] == "ok") & g[metric].notna()]
     vals, n = ok[metric].astype(float), len(ok)
     bad = g[g["status"] != "ok"]
@@ -105,13 +121,20 @@ def _cell_stats(g: pd.DataFrame | None, metric: str, seeds: int) -> dict:
                       "no value")
         reason = problems or f"ok rows but {metric} is missing"
     mixed = [f for f in COMPARED_FIELDS if f in ok and ok[f].astype(str).nunique() > 1]
+    lo, hi = stats.t_interval(vals.tolist())
+    best_lo, best_hi = stats.t_interval(ok["best_top1"].astype(float).tolist())
     return dict(mean=vals.mean() if n else math.nan,
-                std=vals.std(ddof=1) if n > 1 else math.nan, n=n, status=status,
-                reason=reason, gpu_hours=g["gpu_seconds"].fillna(0).sum() / 3600,
+                std=vals.std(ddof=1) if n > 1 else math.nan, n=n, ci_low=lo, ci_high=hi,
+                status=status, reason=reason, gpu_hours=g["gpu_seconds"].fillna(0).sum() / 3600,
                 wall_hours=g["wall_time_s"].fillna(0).sum() / 3600, mixed=", ".join(mixed),
                 # Both, whatever the cell shows: Δ to the paper compares best epoch with best.
                 final_mean=ok["top1"].mean() if n else math.nan,
-                best_mean=ok["best_top1"].mean() if n else math.nan)
+                best_mean=ok["best_top1"].mean() if n else math.nan,
+                best_ci_low=best_lo, best_ci_high=best_hi,
+                # seed -> value (and start accuracy): the ties and the statistics file use them
+                _samples=dict(zip(ok["seed"].astype(int), vals, strict=True)),
+                _starts=dict(zip(ok["seed"].astype(int), ok["start_top1"].astype(float),
+                                 strict=True)))
 
 
 def aggregate(keyed: pd.DataFrame, grid: pd.DataFrame, keys: list[str], metric: str,
@@ -136,14 +159,34 @@ def add_paper(cells: pd.DataFrame, paper_fn: Callable[[pd.Series], tuple | None]
     final = cells["final_mean"] if "final_mean" in cells else cells["mean"]
     cells["delta"] = cells["mean"].where(~ours, best) - cells["paper"]
     cells["delta_final"] = cells["mean"].where(~ours, final) - cells["paper"]
+    # Whether the paper's value lies inside our best-epoch 95 % interval (the paper reports the
+    # best epoch); empty where either is missing (n = 1 has no interval).
+    lo = cells["best_ci_low"] if "best_ci_low" in cells else pd.Series(math.nan, cells.index)
+    hi = cells["best_ci_high"] if "best_ci_high" in cells else pd.Series(math.nan, cells.index)
+    known = ours & cells["paper"].notna() & lo.notna()
+    inside = (cells["paper"] >= lo) & (cells["paper"] <= hi)
+    cells["paper_in_ci"] = inside.where(known).map({True: "yes", False: "no"}).fillna("")
 
 
-def _mark_bold(cells: pd.DataFrame, by: list[str]) -> None:
-    """Bold the best displayed value (2 decimals, ties all bold) within each `by` group."""
+def _mark_ties(cells: pd.DataFrame, by: list[str], alpha: float) -> None:
+    """Within each `by` group: `top` marks the best mean; `bold` marks every cell that a
+    one-sided test (paired by seed, Welch otherwise, one-sample against a paper value) at
+    `alpha`, Holm-corrected over the group, does not find worse than it (analysis.stats.ties).
+    Our cells compete with their seeds, the paper's baselines with their reported number."""
+    for col, default in (("top", False), ("bold", False), ("tie_p", math.nan),
+                         ("tie_test", "")):
+        cells[col] = default
+    cells["tie_p"] = cells["tie_p"].astype(float)
     eligible = cells["kind"].isin(["ours", "paper"]) & cells["mean"].notna()
-    vals = cells["mean"].where(eligible).round(2)
-    best = vals.groupby([cells[c] for c in by], sort=False, dropna=False).transform("max")
-    cells["bold"] = (eligible & vals.eq(best)).astype(bool)
+    for _, group in cells[eligible].groupby([cells[c] for c in by], sort=False, dropna=False):
+        contenders = {i: (c["_samples"] if c["kind"] == "ours" else float(c["mean"]))
+                      for i, c in group.iterrows()}
+        verdict = stats.ties(contenders, alpha)
+        for i, v in verdict.iterrows():
+            cells.at[i, "top"], cells.at[i, "bold"] = bool(v["best"]), bool(v["tied"])
+            cells.at[i, "tie_p"] = float(v["p_holm"]) if pd.notna(v["p_holm"]) else math.nan
+            cells.at[i, "tie_test"] = str(v["test"]) if pd.notna(v["test"]) else ""
+    cells["top"], cells["bold"] = cells["top"].astype(bool), cells["bold"].astype(bool)
 
 
 def _text(c: pd.Series, seeds: int, compare: bool) -> str:
@@ -158,8 +201,11 @@ def _text(c: pd.Series, seeds: int, compare: bool) -> str:
     if c["kind"] == "ours":
         if c["n"] > 1:
             text += f" ± {c['std']:.2f}"
-        if c["n"] < seeds:
+        if c.get("race_out", ""):
+            text += f" ({c['race_out']}, n={int(c['n'])})"
+        elif c["n"] < seeds:
             text += f" (n={int(c['n'])})"
+
     if compare and not math.isnan(c["paper"]):
         if c["kind"] == "ours" and c["metric"] == "top1":  # the cell is final, the paper best
             text += (f" [paper {c['paper']:.2f} (best epoch); Δ best-epoch {c['delta']:+.2f}, "
@@ -170,12 +216,12 @@ def _text(c: pd.Series, seeds: int, compare: bool) -> str:
 
 
 def _layout(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
-            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+            ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rows = cells[index].drop_duplicates()
     row_index = pd.MultiIndex.from_frame(rows) if len(index) > 1 else pd.Index(rows[index[0]])
     cols = list(dict.fromkeys(cells["column"]))
     out = []
-    for values in ("text", "bold"):
+    for values in ("text", "bold", "top"):
         wide = cells.pivot(index=index if len(index) > 1 else index[0], columns="column",
                            values=values)
         wide = wide.reindex(index=row_index, columns=cols)
@@ -183,7 +229,7 @@ def _layout(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
         wide.index = wide.index.set_names([rename.get(i, i) for i in index])
         wide.columns.name = rename.get("column", "")
         out.append(wide)
-    return out[0], out[1].astype(bool)
+    return out[0], out[1].astype(bool), out[2].astype(bool)
 
 
 def _label(c: pd.Series, index: list[str], rename: dict[str, str], column: bool = True) -> str:
@@ -219,9 +265,21 @@ def _not_run_notes(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
     return notes
 
 
+def tie_note(cells: pd.DataFrame, alpha: float) -> str:
+    """What bold and the mark mean, and how much the table's seeds can tell apart."""
+    ours = cells[(cells["kind"] == "ours") & (cells["n"] > 0)]
+    text = (f"{TOP_MARK}: best mean. Bold: not significantly worse than it (one-sided t-test, "
+            f"paired by seed where both cells have 2+ common seeds, Welch otherwise, "
+            f"Holm-corrected at {alpha:g} within each block); bold is not a claim of equality.")
+    if not ours.empty and (ours["n"] < 2).all():
+        text += " Every cell has one seed: no test is possible, so no cell is told apart."
+    return text
+
+
 def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: dict[str, str],
-           metric: str, unrun: list[str]) -> list[str]:
+           metric: str, unrun: list[str], alpha: float = stats.ALPHA) -> list[str]:
     notes = data_notes(trials)
+    notes.append(tie_note(cells, alpha))
     if metric != "top1":
         notes.append(f"Cells are {METRICS[metric]}.")
     if ((cells["kind"] == "paper") & (cells["status"] == "paper")).any():
@@ -263,16 +321,67 @@ def make_title(number: str, caption: str, trials: pd.DataFrame, metric: str) -> 
 
 def finish(name: str, title: str, trials: pd.DataFrame, cells: pd.DataFrame,
             index: list[str], rename: dict[str, str], bold_by: list[str], metric: str,
-            seeds: int, compare: bool, unrun: list[str]) -> PaperTable:
-    _mark_bold(cells, bold_by)
+            seeds: int, compare: bool, unrun: list[str], alpha: float = stats.ALPHA,
+            race: Mapping[str, Any] | None = None) -> PaperTable:
+    if not 0 < alpha < 1:
+        raise AnalysisError(f"--alpha must be in (0, 1), got {alpha:g}")
+    _mark_ties(cells, bold_by, alpha)
     cells["metric"], cells["seeds"] = metric, seeds
+    cells["race_out"] = race_outcomes(cells, race)
     cells["text"] = [_text(c, seeds, compare) for _, c in cells.iterrows()]
     cells.insert(0, "table", name)
-    frame, bold = _layout(cells, index, rename)
-    notes = _notes(cells, trials, index, rename, metric, unrun)
-    return PaperTable(name=name, title=title, frame=frame, bold=bold,
+    frame, bold, top = _layout(cells, index, rename)
+    notes = _notes(cells, trials, index, rename, metric, unrun, alpha)
+    notes += race_notes(cells, race)
+    return PaperTable(name=name, title=title, frame=frame, bold=bold, top=top,
                       cells=cells.drop(columns=[c for c in cells if c.startswith("_")]),
-                      metric=metric, notes=notes)
+                      metric=metric, notes=notes, samples=samples_of(cells), alpha=alpha)
+
+
+def samples_of(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run of our cells: the cell's columns, seed, value, start."""
+    keep = [c for c in cells.columns if not c.startswith("_") and c not in _STAT_COLUMNS]
+    out = []
+    for _, c in cells[cells["kind"] == "ours"].iterrows():
+        base = {k: c[k] for k in keep}
+        for seed, value in c["_samples"].items():
+            out.append({**base, "seed": int(seed), "value": float(value),
+                        "start": float(c["_starts"].get(seed, math.nan))})
+    return pd.DataFrame(out, columns=[*keep, "seed", "value", "start"])
+
+
+def race_outcomes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
+    """'out in round 1' for a cell a race eliminated (by its config), '' otherwise."""
+    if not race:
+        return [""] * len(cells)
+    out_by_cell = {}
+    for r in race.get("rounds", []):
+        for e in r.get("eliminated", []):
+            out_by_cell[_race_key(e["cell"])] = f"out in round {r['round']}"
+    return [out_by_cell.get(_race_key(_cell_fields(c)), "") for _, c in cells.iterrows()]
+
+
+def _race_key(fields: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((k, round(float(v), 6) if isinstance(v, int | float) else str(v))
+                        for k, v in fields.items() if k in RACE_CELL_FIELDS))
+
+
+def _cell_fields(c: pd.Series) -> dict[str, Any]:
+    return {k: c[k] for k in RACE_CELL_FIELDS if k in c and pd.notna(c[k])}
+
+
+def race_notes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
+    if not race:
+        return []
+    rounds = race.get("rounds", [])
+    out = (cells["race_out"] != "").sum()
+    s = race.get("settings", {})
+    note = (f"Raced seeds (n0={s.get('n0')}, alpha={s.get('alpha')}, max {s.get('max_seeds')} "
+            f"seeds): {len(rounds)} rounds, {out} cells out. A cell marked 'out in round r' "
+            "stopped with fewer seeds after a test at that round found it worse than the best; "
+            "its mean rests on fewer seeds and is biased low (it lost because it looked bad).")
+    stop = race.get("stop", "")
+    return [note + (f" Stopped: {stop}." if stop else " Still running.")]
 
 
 def check_metric(metric: str) -> None:

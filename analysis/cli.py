@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qimera_core.config import ArgumentParser
 
-from . import render, status
+from . import render, resolve, status
 from .load import AnalysisError, Results, load
 from .tables import METRICS, TABLES, make_tables, table_name
 
@@ -44,6 +44,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "(default: the number of seeds found in the table)")
     p.add_argument("--compare-paper", action="store_true",
                    help="add the paper's value and Δ = ours - paper to each cell")
+    add_stats_flags(p)
+
+
+def add_stats_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("statistics (docs/statistics.md)")
+    g.add_argument("--alpha", type=float, default=0.05,
+                   help="level of the tie-with-best, axis and claim tests (default 0.05)")
+    g.add_argument("--covariate", action="store_true",
+                   help="axis and trend tests: add each run's start accuracy as a covariate "
+                        "(final - start noise is smaller; see the docs)")
+    g.add_argument("--robust", action="store_true",
+                   help="axis tests: HC3 heteroscedasticity-robust ANOVA")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--storage", default="",
                    help="the sweep's Tune --storage, for the TensorBoard command on the page")
     v.set_defaults(func=cmd_serve)
-    s = sub.add_parser("status", help="print trial counts and GPU-hours per table")
+    s = sub.add_parser("status", help="print trial counts, GPU-hours and what each table "
+                                      "resolves")
     s.add_argument("--results", type=Path, required=True)
+    add_stats_flags(s)
     s.set_defaults(func=cmd_status)
     return parser
 
@@ -97,6 +111,9 @@ def _check_flags(args: argparse.Namespace) -> None:
     """Flags that can be wrong on their own, refused before the results are read."""
     if getattr(args, "table", None):
         _names(args)                                   # raises on an unknown table
+    alpha = getattr(args, "alpha", None)
+    if alpha is not None and not 0 < alpha < 1:
+        raise AnalysisError(f"--alpha must be in (0, 1) (e.g. 0.05), got {alpha:g}")
     if getattr(args, "seeds", None) is not None and args.seeds < 1:
         raise AnalysisError(f"--seeds must be >= 1, got {args.seeds}")
     if getattr(args, "out", None) is not None and args.out.is_file():
@@ -104,7 +121,8 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _table_kwargs(args: argparse.Namespace) -> dict:
-    return dict(metric=args.metric, seeds=args.seeds, compare_paper=args.compare_paper)
+    return dict(metric=args.metric, seeds=args.seeds, compare_paper=args.compare_paper,
+                alpha=args.alpha)
 
 
 def write_tables(results: Results, args: argparse.Namespace, formats: list[str],
@@ -113,6 +131,8 @@ def write_tables(results: Results, args: argparse.Namespace, formats: list[str],
     for table in make_tables(results, _names(args), **_table_kwargs(args)):
         counts = table.cells.loc[table.cells["kind"] == "ours", "status"].value_counts()
         paths = render.write_table(table, args.out, formats)
+        paths += resolve.write(resolve.resolve(table, args.covariate, args.robust), args.out,
+                               formats)
         progress(f"{table.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                  + f" -> {', '.join(p.name for p in paths)}")
         written += paths
@@ -258,6 +278,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     results = load(args.results)
     print(status.summary(results).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for line in status.resolution_lines(results, args.alpha, args.covariate, args.robust):
+        print(line)
     return 0
 
 

@@ -6,9 +6,11 @@ method ("Qimera", "GDFQ", "Extracted Init + Freeze"), so the table code never se
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -43,6 +45,28 @@ class Results:
     trials: pd.DataFrame
     curves: pd.DataFrame
     running: pd.DataFrame
+    # table -> the race log a `--seeds auto` sweep wrote (sweeps.race), for raced tables only
+    races: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+RACE_LOG = "race-{table}.json"   # DIR/race-table9.json: the settings and every round's decisions
+
+
+def read_races(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every race log in `directory`; an unreadable one is skipped with a warning."""
+    out = {}
+    for path in sorted(directory.glob(RACE_LOG.format(table="*"))):
+        try:
+            log_ = json.loads(path.read_text("utf-8"))
+            out[log_["table"]] = log_
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("race log %s is unreadable (%s); its tables show no race marks", path, e)
+    return out
+
+
+def race_of(source: Any, table: str) -> dict[str, Any] | None:
+    """The race log of `table` in a Results (None for raw rows or a table that was not raced)."""
+    return getattr(source, "races", {}).get(table)
 
 
 def dataset_label(eval_data: str, teacher: str = "") -> str:
@@ -166,7 +190,8 @@ def load(directory: Path | str) -> Results:
     running = _running(curves, raw_trials)
     log.info("%s: %d trials (%d rows), %d curve rows, %d running", directory, len(trials),
              len(raw_trials), len(curves), len(running))
-    return Results(directory=directory, trials=trials, curves=curves, running=running)
+    return Results(directory=directory, trials=trials, curves=curves, running=running,
+                   races=read_races(directory))
 
 
 def in_table(trials: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .load import AnalysisError
+from .cells import TOP_MARK
 from .tables import PaperTable
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,8 @@ log = logging.getLogger(__name__)
 FORMATS = ("csv", "md", "tex")
 # pdflatex's default input encoding knows none of these in text mode.
 _LATEX_UNICODE = {"±": r"$\pm$", "σ": r"$\sigma$", "Δ": r"$\Delta$", "†": r"\textdagger{}",
-                  "—": "---", "×": r"$\times$", "λ": r"$\lambda$", "≥": r"$\geq$"}
+                  "—": "---", "×": r"$\times$", "λ": r"$\lambda$", "≥": r"$\geq$",
+                  "▲": r"$^{\star}$"}
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                   "^": r"\textasciicircum{}"}
@@ -36,8 +38,12 @@ def to_csv(table: PaperTable, path: Path) -> Path:
     return path
 
 
-def _with_bold(table: PaperTable, left: str, right: str) -> pd.DataFrame:
+def _with_bold(table: PaperTable, left: str, right: str, mark: str = f" {TOP_MARK}"
+               ) -> pd.DataFrame:
+    """Tied cells wrapped in `left`/`right`, the best mean followed by `mark`."""
     frame = table.frame.copy()
+    if not table.top.empty:
+        frame = frame.where(~table.top, frame + mark)
     return frame.where(~table.bold, left + frame + right)
 
 
@@ -82,7 +88,8 @@ def latex_unicode(text: str) -> str:
 def to_latex(table: PaperTable) -> str:
     """A `table` float with a booktabs tabular; compiles with \\usepackage{booktabs} alone."""
     bold = table.bold.to_numpy()
-    styler = (table.frame.style
+    frame = _with_bold(table, "", "")               # the best mean's mark, no Markdown bold
+    styler = (frame.style
               .format(escape="latex")
               .format_index(escape="latex", axis=0)
               .format_index(escape="latex", axis=1)
@@ -90,8 +97,7 @@ def to_latex(table: PaperTable) -> str:
     tex = styler.to_latex(hrules=True, caption=latex_escape(table.title),
                           label=f"tab:{table.name}", position_float="centering",
                           multirow_align="naive", environment="table",
-                          column_format="l" * table.frame.index.nlevels
-                          + "r" * table.frame.shape[1])
+                          column_format="l" * frame.index.nlevels + "r" * frame.shape[1])
     # Smaller type and padding inside the float only, so wide tables fit a page more often.
     tex = latex_unicode(tex).replace("\\centering\n", "\\centering\n\\small\n"
                                      "\\setlength{\\tabcolsep}{4pt}\n", 1)

@@ -25,8 +25,9 @@ import pandas as pd
 
 from qimera_core import results as schema
 
-from . import render
-from .cells import data_notes
+from . import render, resolve
+from .cells import data_notes, tie_note
+from .status import race_lines
 from .load import (
     AnalysisError,
     Results,
@@ -143,8 +144,9 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
     if mine.empty:
         return None
     fn = TABLE_FUNCTIONS[name]
-    final = fn(mine, metric="top1", compare_paper=True)
-    best = fn(mine, metric="best_top1", compare_paper=True).cells
+    race = results.races.get(name)
+    final = fn(mine, metric="top1", compare_paper=True, race=race)
+    best = fn(mine, metric="best_top1", compare_paper=True, race=race).cells
     cells = final.cells
     cell_keys = CELL_KEYS.get(name, _DEFAULT_CELL_KEYS)
     row_keys = ROW_KEYS.get(name, _DEFAULT_ROW_KEYS)
@@ -165,6 +167,10 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
             "best_mean": _num(b["mean"]), "best_std": _num(b["std"]),
             "paper": _num(c["paper"]), "delta_best": _num(b["delta"]),
             "delta_final": _num(c["delta"]), "bold_best": bool(b["bold"]),
+            # final top-1: the 95 % t-interval, and the tie with the block's best mean
+            "ci_low": _num(c.get("ci_low")), "ci_high": _num(c.get("ci_high")),
+            "tied": bool(c["bold"]), "top": bool(c["top"]), "tie_p": _num(c["tie_p"]),
+            "tie_test": str(c["tie_test"]), "race_out": str(c["race_out"]),
             "reason": _why(g),
             "live": [{"trial_id": r.trial_id, "epoch": _num(r.epoch), "epochs": int(r.epochs),
                       "top1": _num(r.top1)} for r in live.itertuples()],
@@ -173,7 +179,11 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
     # The notes that are about the data; a note per cell would repeat the cell's hover text,
     # and while trials run, its gaps say "not run" of cells that are only pending.
     notes = data_notes(mine[mine["status"] != "pending"])
-    return {"name": name, "title": final.title, "notes": notes,
+    notes.append(tie_note(cells, final.alpha))
+    resolves = resolve.resolve(final).lines() if not final.samples.empty else []
+    if race:
+        resolves += [f"race: {line}" for line in race_lines(race)]
+    return {"name": name, "title": final.title, "notes": notes, "resolves": resolves,
             "rows": list(dict.fromkeys(c["row"] for c in out)),
             "columns": list(dict.fromkeys(c["column"] for c in out)), "cells": out}
 

@@ -48,3 +48,32 @@ def status_line(results: Results) -> str:
 def to_markdown(frame: pd.DataFrame) -> str:
     return "**Trial status and cost** (GPU-hours from `gpu_seconds`, wall time from " \
            "`wall_time_s`)\n\n" + frame.to_markdown(index=False, floatfmt=".3f") + "\n"
+
+
+def resolution_lines(results: Results, alpha: float = 0.05, covariate: bool = False,
+                     robust: bool = False) -> list[str]:
+    """Per table with finished rows: what it resolves (ties, axes, claims), and its race."""
+    from . import resolve
+    from .tables import make_tables
+    out = []
+    if results.trials.empty or not (results.trials["status"] == "ok").any():
+        return out
+    for table in make_tables(results, alpha=alpha):
+        out += ["", f"{table.name}: what it resolves"]
+        out += [f"  {line}" for line in resolve.resolve(table, covariate, robust).lines()]
+        race = results.races.get(table.name)
+        if race:
+            out += [f"  race: {line}" for line in race_lines(race)]
+    return out
+
+
+def race_lines(race: dict) -> list[str]:
+    """One line per round of a race log, and how it stopped."""
+    out = []
+    for r in race.get("rounds", []):
+        gone = ", ".join(f"{e['label']} (p_holm={e['p_holm']:.2g})" for e in r["eliminated"])
+        out.append(f"round {r['round']}: {r['trials']} trials, {len(r['alive'])} cells alive"
+                   + (f"; out: {gone}" if gone else "")
+                   + f"; {r['gpu_hours']:.3f} GPU-h, {r['trial_hours']:.3f} trial-h so far")
+    out.append(f"stopped: {race['stop']}" if race.get("stop") else "still running")
+    return out

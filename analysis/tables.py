@@ -26,7 +26,8 @@ from .cells import (
     table_trials,
     unrun_paper_rows,
 )
-from .load import PAPER_DATASETS, AnalysisError, Results, setting_sort_key
+from .load import PAPER_DATASETS, AnalysisError, Results, race_of, setting_sort_key
+from .stats import ALPHA
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ __all__ = ["METRICS", "PaperTable", "TABLES", "TABLE_FUNCTIONS", "make_tables",
 
 # ---- the tables ----------------------------------------------------------------------------
 def table9(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
     """Supp. Table 9: accuracy vs K (rows) and p (columns), one block per dataset/model/bits."""
     check_metric(metric)
     trials = table_trials(source, "table9")
@@ -59,7 +60,8 @@ def table9(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int |
     title = make_title("Table 9", "accuracy vs. superposition probability p and classes per "
                    "sample K (Qimera)", trials, metric)
     return finish("table9", title, trials, cells, ["setting", "mix_classes"], rename,
-                   ["setting"], metric, n, compare_paper, unrun_paper_rows("table9", settings))
+                   ["setting"], metric, n, compare_paper, unrun_paper_rows("table9", settings),
+                  alpha=alpha, race=race or race_of(source, "table9"))
 
 
 def _table8_column(s: tuple[str, str, str]) -> str:
@@ -68,7 +70,7 @@ def _table8_column(s: tuple[str, str, str]) -> str:
 
 
 def table8(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
     """Supp. Table 8: accuracy vs number of DM layers (rows), one column per data set."""
     check_metric(metric)
     trials = table_trials(source, "table8")
@@ -82,7 +84,8 @@ def table8(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int |
     title = make_title("Table 8", "accuracy vs. number of disentanglement-mapping (DM) layers",
                    trials, metric)
     return finish("table8", title, trials, cells, ["dm_layers"], {"dm_layers": "DM layers"},
-                   ["column"], metric, n, compare_paper, unrun_paper_rows("table8", settings))
+                   ["column"], metric, n, compare_paper, unrun_paper_rows("table8", settings),
+                  alpha=alpha, race=race or race_of(source, "table8"))
 
 
 def _table6_columns(trials: pd.DataFrame, theirs: pd.DataFrame) -> list[tuple[str, float, str]]:
@@ -97,7 +100,7 @@ def _table6_columns(trials: pd.DataFrame, theirs: pd.DataFrame) -> list[tuple[st
 
 
 def table6(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
     """Supp. Table 6: GDFQ at noise scale σ (columns) per data set, model, bits; Qimera beside."""
     check_metric(metric)
     trials = table_trials(source, "table6")
@@ -121,7 +124,8 @@ def table6(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int |
                    trials, metric)
     return finish("table6", title, trials, cells, ["dataset", "model", "bits"],
                    {"column": "method"}, ["dataset", "model", "bits"], metric, n,
-                   compare_paper, unrun_paper_rows("table6", settings))
+                   compare_paper, unrun_paper_rows("table6", settings),
+                  alpha=alpha, race=race or race_of(source, "table6"))
 
 
 def _paper_cells(settings: list, methods: list[str], block: str) -> list[dict]:
@@ -187,18 +191,19 @@ _ROWS = ["dataset", "model", "bits"]
 
 
 def main_table(source: Results | pd.DataFrame, *, metric: str = "top1",
-               seeds: int | None = None, compare_paper: bool = False) -> PaperTable:
+               seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
     """Main results: ZeroQ, ZAQ (paper's values), GDFQ and Qimera per data set, model, bits."""
     trials, n, settings, cells = _method_table("main", source, metric, seeds, compare_paper,
                                                ["GDFQ", "Qimera"], ["ZeroQ", "ZAQ"])
     add_paper(cells, _method_lookup("main"))
     title = make_title("Main results", "data-free quantization accuracy", trials, metric)
     return finish("main", title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric, n,
-                   compare_paper, unrun_paper_rows("main", settings))
+                   compare_paper, unrun_paper_rows("main", settings),
+                  alpha=alpha, race=race or race_of(source, "main"))
 
 
 def table7(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
     """Supp. Table 7: the main comparison plus Qimera with extracted, frozen embeddings."""
     trials, n, settings, cells = _method_table(
         "table7", source, metric, seeds, compare_paper,
@@ -207,11 +212,12 @@ def table7(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int |
     title = make_title("Table 7", "extracted embedding init + freeze vs. trained embeddings",
                    trials, metric)
     return finish("table7", title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric,
-                   n, compare_paper, unrun_paper_rows("table7", settings))
+                   n, compare_paper, unrun_paper_rows("table7", settings),
+                  alpha=alpha, race=race or race_of(source, "table7"))
 
 
 def table10(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-            compare_paper: bool = False) -> PaperTable:
+            compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
     """Supp. Table 10: Qimera vs DSG (DSG's own reported numbers) and Qimera's improvement."""
     trials, n, settings, cells = _method_table("table10", source, metric, seeds, compare_paper,
                                                ["Qimera"], ["DSG"])
@@ -221,7 +227,8 @@ def table10(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int 
     cells = cells.sort_values("_rank", kind="stable").reset_index(drop=True)
     title = make_title("Table 10", "comparison with DSG", trials, metric)
     return finish("table10", title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric,
-                   n, compare_paper, unrun_paper_rows("table10", settings))
+                   n, compare_paper, unrun_paper_rows("table10", settings),
+                  alpha=alpha, race=race or race_of(source, "table10"))
 
 
 def _improvement(cells: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from analysis import AnalysisError, load, paper, render, status, tables
+from analysis.cells import tie_note
 from analysis.cli import main as cli
 from qimera_core import results
 from qimera_core.config import build
@@ -112,7 +113,8 @@ def res(results_dir):
 
 
 def cell(t: tables.PaperTable, row_key, col: str) -> tuple[str, bool]:
-    return t.frame.loc[row_key, col], bool(t.bold.loc[row_key, col])
+    """(text, is the block's best mean); ties with the best are tested apart (test_stats.py)."""
+    return t.frame.loc[row_key, col], bool(t.top.loc[row_key, col])
 
 
 # ---- load -----------------------------------------------------------------------------------
@@ -169,7 +171,7 @@ def test_table9_cells(res):
     assert cell(t, (B, 10), "0.40") == ("65.50 ± 0.71 (n=2)", False)  # reused from table7
     assert cell(t, (B, 10), "0.55") == ("-", False)
     assert cell(t, (B, 25), "0.70") == ("-", False)
-    assert t.bold.to_numpy().sum() == 1
+    assert t.top.to_numpy().sum() == 1
     notes = "\n".join(t.notes)
     assert f"{B}, K=10, p=0.55: error (seed 0): CUDA out of memory; diverged (seed 1)" in notes
     assert f"{B}, K=10, p=0.10: n=2 of 3; error (seed 2): CUDA out of memory" in notes
@@ -270,23 +272,25 @@ def _paper(block: str) -> pd.DataFrame:
 def test_paper_numbers_reproduce_table9_cell_for_cell():
     t = tables.table9(paper.paper_trials("table9"))
     expected = _paper("table9_p_k")
-    assert len(t.frame.index) == 8 and not t.notes
+    assert len(t.frame.index) == 8 and t.notes == [tie_note(t.cells, 0.05)]  # no gaps
     for _, e in expected.iterrows():
         block = f"{e['dataset']} {e['model']} {e['bits']}"
         assert t.frame.loc[(block, int(e["K"])), f"{e['p']:.2f}"] == f"{e['accuracy']:.2f}"
     assert t.frame.size == len(expected)
     assert list(t.frame.index.get_level_values(1)) == [2, 10, 25, 100, 100, 250, 500, 1000]
-    # bold: the best cell of each block, as the paper marks it
-    assert [t.frame.to_numpy()[t.bold.to_numpy()].tolist()] == [["65.10", "66.25"]]
+    # top: the best cell of each block, as the paper bolds it (one seed: every cell is tied)
+    assert [t.frame.to_numpy()[t.top.to_numpy()].tolist()] == [["65.10", "66.25"]]
+    assert t.bold.to_numpy().all()
 
 
 def test_paper_numbers_reproduce_table8_cell_for_cell():
     t = tables.table8(paper.paper_trials("table8"))
-    assert list(t.frame.columns) == ["CIFAR-10", "CIFAR-100"] and not t.notes
+    assert list(t.frame.columns) == ["CIFAR-10", "CIFAR-100"]
+    assert t.notes == [tie_note(t.cells, 0.05)]  # no gaps
     for _, e in _paper("table8_dm_layers").iterrows():
         assert t.frame.loc[int(e["dm_layers"]), e["dataset"]] == f"{e['accuracy']:.2f}"
     assert t.frame.shape == (5, 2)
-    assert t.bold.loc[8, "CIFAR-10"] and t.bold.loc[1, "CIFAR-100"] and t.bold.sum().sum() == 2
+    assert t.top.loc[8, "CIFAR-10"] and t.top.loc[1, "CIFAR-100"] and t.top.sum().sum() == 2
 
 
 def test_package_copy_matches_shared_reference():
@@ -318,10 +322,10 @@ def test_csv_round_trips_and_markdown_latex_mark_bold(res, tmp_path):
         pd.testing.assert_series_equal(back[col], t.cells[col], check_dtype=False)
     assert back["bold"].tolist() == t.cells["bold"].tolist()
     md = paths[1].read_text()
-    assert "**66.00 ± 1.00**" in md and "- " + t.notes[0] in md
+    assert "**66.00 ± 1.00 ▲**" in md and "- " + t.notes[0] in md
     tex = paths[2].read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex
-    assert r"\textbf{66.00 $\pm$ 1.00}" in tex and "±" not in tex
+    assert r"\textbf{66.00 $\pm$ 1.00 $^{\star}$}" in tex and "±" not in tex
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
@@ -363,12 +367,13 @@ def test_cli_end_to_end(results_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli(["tables", "--results", str(results_dir), "--out", str(out)]) == 0
     for name in tables.TABLES:
-        assert {(out / f"{name}.{f}").exists() for f in ("csv", "md", "tex")} == {True}
+        assert {(out / f"{name}{s}.{f}").exists() for f in ("csv", "md", "tex")
+                for s in ("", "-stats")} == {True}
     assert (out / "status.csv").exists()
     assert cli(["tables", "--results", str(results_dir), "--out", str(tmp_path / "o9"),
                 "--table", "9", "--format", "csv", "--compare-paper", "--seeds", "3"]) == 0
     assert sorted(p.name for p in (tmp_path / "o9").iterdir()) == \
-        ["status.csv", "status.md", "table9.csv"]
+        ["status.csv", "status.md", "table9-stats.csv", "table9.csv"]
     assert cli(["plots", "--results", str(results_dir), "--out", str(out), "--table", "9"]) == 0
     assert (out / "table9_heatmap.png").exists() and (out / "table9_curves.pdf").exists()
     assert cli(["watch", "--results", str(results_dir), "--out", str(tmp_path / "w"),
@@ -467,7 +472,7 @@ def test_paper_numbers_come_back_unchanged_in_every_table(name):
     ours = t.cells[t.cells["kind"] == "ours"]
     assert (ours["status"] == "ok").all() and ours["paper"].notna().all()
     assert (ours["mean"] - ours["paper"]).abs().max() < 1e-9
-    assert t.bold.sum().sum() == t.frame.shape[0]  # one best cell per row (no ties in the paper)
+    assert t.top.sum().sum() == t.frame.shape[0]  # one best cell per row (no ties in the paper)
 
 
 def test_table10_shows_dsg_and_the_papers_qimera_beside_ours_for_every_row():

@@ -44,19 +44,24 @@ function cellLines(c) {
 function hoverText(c) {
   const parts = [`${c.row} | ${c.column}: ${c.state}`];
   if (c.n) parts.push(`final top-1 ${fmt(c.mean)} ± ${fmt(c.std)} (n=${c.n} of ${c.seeds})`,
+                      c.ci_low === null ? "95 % interval: none (one seed)"
+                        : `95 % t-interval [${fmt(c.ci_low)}, ${fmt(c.ci_high)}]`,
+                      c.top ? "best mean of its block (▲)"
+                        : c.tied ? `tied with the best: not significantly worse (${c.tie_test}` +
+                                   (c.tie_p === null ? ")" : `, Holm p = ${c.tie_p.toPrecision(2)})`)
+                        : `worse than the best (${c.tie_test}, Holm p = ${fmt(c.tie_p, 3)})`,
                       `best-epoch top-1 ${fmt(c.best_mean)} ± ${fmt(c.best_std)}`);
+  if (c.race_out) parts.push(`race: ${c.race_out}; its mean rests on fewer seeds`);
   if (c.paper !== null) parts.push(`paper (best epoch) ${fmt(c.paper)}`,
                                    `Δ best − paper ${sign(c.delta_best)}; Δ final − paper ${sign(c.delta_final)}`);
   if (c.reason) parts.push(c.reason);
   return parts.join("\n");
 }
 
+// The server decides ties (analysis.stats): `top` is each block's best final mean, `tied` every
+// cell not significantly worse than it.
 function bestCell(t) {
-  let best = null;
-  for (const c of t.cells) {
-    if (c.kind === "ours" && c.best_mean !== null && (!best || c.best_mean > best.best_mean)) best = c;
-  }
-  return best;
+  return t.cells.find((c) => c.top) || null;
 }
 
 function renderTable(t, box) {
@@ -77,7 +82,8 @@ function renderTable(t, box) {
         const [main, sub] = cellLines(c);
         td.appendChild(document.createTextNode(main));
         if (sub) td.appendChild(el("small", {}, sub));
-        if (best && c.id === best.id) td.classList.add("best");
+        if (c.tied) td.classList.add("tied");
+        if (c.top) td.classList.add("best");
         td.onclick = () => showCell(t.name, c.id);
       }
       tr.appendChild(td);
@@ -98,7 +104,7 @@ function renderHeatmap(t, box) {
     const i = t.rows.indexOf(c.row), j = t.columns.indexOf(c.column);
     z[i][j] = c.kind === "ours" ? c.best_mean : null;
     const delta = c.delta_best === null ? "" : `<br>Δ ${sign(c.delta_best)}`;
-    const star = best && c.id === best.id ? "★ " : "";
+    const star = c.top ? "▲ " : c.tied ? "= " : "";
     text[i][j] = c.kind === "ours" ? (c.best_mean === null ? c.state : `${star}${fmt(c.best_mean)}${delta}`)
       : cellLines(c)[0];
     hover[i][j] = hoverText(c).replaceAll("\n", "<br>");
@@ -143,6 +149,14 @@ function renderTables(state) {
     section.appendChild(box);
     root.appendChild(section);
     (view === "heatmap" ? renderHeatmap : renderTable)(t, box);
+    if (t.resolves && t.resolves.length) {
+      const panel = el("div", {class: "resolves", "data-table": t.name});
+      panel.appendChild(el("h3", {}, "What this table resolves"));
+      const ul = el("ul");
+      for (const line of t.resolves) ul.appendChild(el("li", {}, line));
+      panel.appendChild(ul);
+      section.appendChild(panel);
+    }
     if (t.notes.length) {
       const ul = el("ul", {class: "notes"});
       for (const n of t.notes) ul.appendChild(el("li", {}, n));
