@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,23 +351,22 @@ def samples_of(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def race_outcomes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
-    """'out in round 1' for a cell a race eliminated (by its config), '' otherwise."""
+    """'out in round 1' for a cell a race eliminated, '' otherwise. The log names a cell by
+    its setting and axis values (RACE_CELL_FIELDS); a table matches on the ones it has."""
     if not race:
         return [""] * len(cells)
+    keys = [k for k in RACE_CELL_FIELDS if k in cells.columns]
     out_by_cell = {}
     for r in race.get("rounds", []):
         for e in r.get("eliminated", []):
-            out_by_cell[_race_key(e["cell"])] = f"out in round {r['round']}"
-    return [out_by_cell.get(_race_key(_cell_fields(c)), "") for _, c in cells.iterrows()]
+            out_by_cell[_race_key(e["cell"], keys)] = f"out in round {r['round']}"
+    return [out_by_cell.get(_race_key(c, keys), "") if c["kind"] == "ours" else ""
+            for _, c in cells.iterrows()]
 
 
-def _race_key(fields: Mapping[str, Any]) -> tuple:
-    return tuple(sorted((k, round(float(v), 6) if isinstance(v, int | float) else str(v))
-                        for k, v in fields.items() if k in RACE_CELL_FIELDS))
-
-
-def _cell_fields(c: pd.Series) -> dict[str, Any]:
-    return {k: c[k] for k in RACE_CELL_FIELDS if k in c and pd.notna(c[k])}
+def _race_key(fields: Mapping[str, Any], keys: Sequence[str]) -> tuple:
+    return tuple(round(float(fields[k]), 6) if isinstance(fields.get(k), int | float)
+                 else str(fields.get(k)) for k in keys)
 
 
 def race_notes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:

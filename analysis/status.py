@@ -72,8 +72,15 @@ def race_lines(race: dict) -> list[str]:
     out = []
     for r in race.get("rounds", []):
         gone = ", ".join(f"{e['label']} (p_holm={e['p_holm']:.2g})" for e in r["eliminated"])
-        out.append(f"round {r['round']}: {r['trials']} trials, {len(r['alive'])} cells alive"
+        group = f" ({r['group']})" if r.get("group") else ""
+        best = r.get("best") or {}
+        out.append(f"round {r['round']}{group}: {r['trials']} trials, {len(r['alive'])} cells alive"
+                   + (f", best {best['label']} ({best['mean']:.2f}, n={best['n']})" if best
+                      else "")
                    + (f"; out: {gone}" if gone else "")
+                   + (f"; next: {sum(map(len, r['next'].values()))} trials" if r.get("next")
+                      else "")
+                   + (f"; stop: {r['stop']}" if r.get("stop") else "")
                    + f"; {r['gpu_hours']:.3f} GPU-h, {r['trial_hours']:.3f} trial-h so far")
     out.append(f"stopped: {race['stop']}" if race.get("stop") else "still running")
     return out

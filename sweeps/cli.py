@@ -23,16 +23,67 @@ def build_parser(table: str, doc: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--offline", action="store_true",
                    help="the first setting's rows (all their cells), 3 seeds, on the offline "
                         "digits-offline schedule: a small real study on a laptop, no internet")
-    g.add_argument("--seeds", type=int, default=None,
-                   help="seeds per cell (default 3; 1 with --smoke-test)")
+    g.add_argument("--seeds", type=_seeds_flag, default=None, metavar="N|auto",
+                   help="seeds per cell (default 3; 1 with --smoke-test); auto = race: seeds "
+                        "go to the cells still in contention (see 'racing seeds' below)")
     g.add_argument("--only", type=lambda s: [x for x in s.split(",") if x], default=[],
                    metavar="ROW[,ROW]", help="rows to run, by substring (e.g. cifar100)")
     g.add_argument("--dry-run", action="store_true",
                    help="validate, list the trials still to run, and stop before Ray")
+    add_race_flags(p)
     add_run_flags(p)
     add_config_flags(p.add_argument_group(
         "trial settings (override every block; overriding a swept key narrows that axis)"))
     return p
+
+
+def add_race_flags(p: argparse.ArgumentParser) -> None:
+    """--seeds auto: rounds of seeds, cells out when a test finds them worse than the best
+    (docs/statistics.md). Every flag defaults to None here so that giving one without
+    --seeds auto can be refused."""
+    g = p.add_argument_group("racing seeds (--seeds auto)")
+    g.add_argument("--n0", type=int, default=None, help="seeds every cell gets in round 0 "
+                   "(default 3)")
+    g.add_argument("--max-seeds", type=int, default=None,
+                   help="seeds a cell gets at most (default 20)")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="level of the one-sided, Holm-corrected test that puts a cell out, "
+                        "and of the TOST stop (default 0.05)")
+    g.add_argument("--delta", type=float, default=None,
+                   help="points: survivors within ±delta of the best count as equivalent "
+                        "and end the race (default 0.25)")
+    g.add_argument("--race-width", dest="width", type=int, default=None,
+                   help="challengers that get seeds each round beside the best, those with "
+                        "the highest upper bound (default 3: a round of 4 cells is one pack "
+                        "on a GPU); 0 = every survivor")
+    g.add_argument("--race-step", dest="step", type=int, default=None,
+                   help="seeds per chosen cell per round (default 1)")
+    g.add_argument("--race-stop", dest="stop", choices=("tost", "best"), default=None,
+                   help="tost (default): stop when every survivor is within ±delta of the "
+                        "best; best: when none can beat the best by delta")
+    g.add_argument("--budget-gpu-hours", type=float, default=None,
+                   help="stop before a round that would pass this many GPU-hours")
+    g.add_argument("--budget-hours", type=float, default=None,
+                   help="stop before a round that would pass this many wall-clock hours")
+    g.add_argument("--remeasure", type=int, default=None, metavar="N",
+                   help="after the race, N fresh seeds for each group's winner (its race mean "
+                        "is biased up by the selection)")
+    g.add_argument("--max-rounds", type=int, default=None, metavar="R",
+                   help="stop the driver after R rounds; --resume continues the race")
+    g.add_argument("--kill-after-round", type=int, default=None, metavar="R",
+                   help="testing: the driver kills itself (SIGKILL) after round R's trials "
+                        "end, to exercise --resume between rounds")
+
+
+def _seeds_flag(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a number or auto, got {text!r}"
+                                         ) from None
+    return n
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:

@@ -161,10 +161,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-def plan(blocks: Sequence[Block], *, seeds: int, only: Sequence[str] = (),
-         smoke_test: bool = False, offline: bool = False,
-         overrides: Mapping[str, Any] | None = None) -> list[TrainConfig]:
-    """All trials of a table as validated, unique TrainConfigs, in launch order (seed-major).
+def chosen_blocks(blocks: Sequence[Block], *, only: Sequence[str] = (),
+                  smoke_test: bool = False, offline: bool = False,
+                  overrides: Mapping[str, Any] | None = None) -> list[Block]:
+    """The blocks a sweep runs, with its setting and overrides applied.
 
     `smoke_test`: the first block on the tiny digits-smoke schedule (a pipeline check).
     `offline`: the first setting's blocks on the digits-offline schedule (a small real study).
@@ -174,17 +174,30 @@ def plan(blocks: Sequence[Block], *, seeds: int, only: Sequence[str] = (),
         chosen = [smoke(chosen[0])]
     elif offline:
         chosen = [smoke(b, OFFLINE_PRESET) for b in first_setting(chosen)]
-    chosen = [override(b, overrides or {}) for b in chosen]
+    return [override(b, overrides or {}) for b in chosen]
+
+
+def block_trials(block: Block, seeds: Sequence[int]) -> list[TrainConfig]:
+    """One block's trials at `seeds`, validated, paths made absolute."""
+    try:
+        return [absolute_paths(c) for c in expand(block.base, block.grid, list(seeds))]
+    except GridError as err:
+        raise GridError(f"row {block.row}: {err}") from None
+
+
+def plan(blocks: Sequence[Block], *, seeds: int, only: Sequence[str] = (),
+         smoke_test: bool = False, offline: bool = False,
+         overrides: Mapping[str, Any] | None = None) -> list[TrainConfig]:
+    """All trials of a table as validated, unique TrainConfigs, in launch order (seed-major);
+    see chosen_blocks for `smoke_test` and `offline`."""
+    chosen = chosen_blocks(blocks, only=only, smoke_test=smoke_test, offline=offline,
+                           overrides=overrides)
     if seeds < 1:
         raise GridError(f"--seeds must be >= 1, got {seeds}")
     trials: list[tuple[str, TrainConfig]] = []
     for seed in range(seeds):
         for block in chosen:
-            try:
-                trials += [(block.row, absolute_paths(c))
-                           for c in expand(block.base, block.grid, [seed])]
-            except GridError as err:
-                raise GridError(f"row {block.row}: {err}") from None
+            trials += [(block.row, c) for c in block_trials(block, [seed])]
     check_unique(trials)
     return [cfg for _, cfg in trials]
 

@@ -9,8 +9,10 @@ table script is `main` here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -23,8 +25,10 @@ import ray
 from ray import tune
 
 from qimera_core import results
-from qimera_core.config import TrainConfig
-from sweeps import grid, rows, shared
+from analysis.load import RACE_LOG
+from analysis.status import race_lines
+from qimera_core.config import TrainConfig, overrides_from_args
+from sweeps import grid, race, rows, shared
 from sweeps.cli import build_parser
 from sweeps.grid import Block, GridError
 from sweeps.page import keep_open, open_page
@@ -37,6 +41,7 @@ from sweeps.plan import (
     plan_packs,
     plan_trials,
     prepare_all,
+    race_settings,
     skip_finished,
     trial_slots,
 )
@@ -161,13 +166,18 @@ def resume(table: str, prefix: str, args: argparse.Namespace, results_dir: Path)
         raise GridError(f"--resume: {path} holds no Tune experiment to restore")
     print(f"{table}: resuming {path}")
     page = open_page(table, args, results_dir)
+    return keep_open(page, table, restore(table, path, args, results_dir))
+
+
+def restore(table: str, path: str, args: argparse.Namespace, results_dir: Path) -> int:
+    """Continue the Tune experiment at `path`: its unfinished trials from their checkpoints."""
     start_ray(args)
     shared.check_nodes(args.storage, [])
     _quiet_tune(args)
     _, finished = rows.recorded(results_dir)
     tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
                                resume_errored=True)
-    return keep_open(page, table, finish(table, tuner.fit(), results_dir))
+    return finish(table, tuner.fit(), results_dir)
 
 
 # ---- a table script --------------------------------------------------------------------------
@@ -184,29 +194,42 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
         configs = plan_trials(blocks, args)            # every trial validated; no Ray yet
         args.storage = storage_path(args.storage)
         results_dir = args.results.expanduser().resolve()
+        if args.seeds == "auto":
+            return run_race(table, blocks, args, prefix, results_dir)
         if args.resume:
             return resume(table, prefix, args, results_dir)
         todo = skip_finished(table, configs, results_dir)
         page = open_page(table, args, results_dir)
-    except (GridError, results.SchemaError) as err:
+    except (GridError, results.SchemaError, race.RaceError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"{table}: {len(configs)} trials, {len(configs) - len(todo)} reused, "
           f"{len(todo)} to run")
     axes = grid.swept_axes(blocks)
     if args.dry_run or not todo:
-        for cfg in todo if args.dry_run else []:
-            print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
-                  + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
+        _print_todo(todo if args.dry_run else [], axes)
         return keep_open(page, table, 0) if not args.dry_run else 0
+    try:
+        status = run_round(table, todo, args, experiment_name(args, prefix), axes, results_dir)
+    except GridError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    return keep_open(page, table, status)
+
+
+def _print_todo(todo: Sequence[TrainConfig], axes: Sequence[str]) -> None:
+    for cfg in todo:
+        print(f"  {cfg.config_hash}  {cfg.teacher} {cfg.method} "
+              + " ".join(f"{a}={getattr(cfg, a)}" for a in (*axes, "seed")))
+
+
+def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace, name: str,
+              axes: Sequence[str], results_dir: Path) -> int:
+    """Prepare, start Ray, pack and launch `todo` as Tune experiment `name`."""
     try:
         prepare_all(todo)
     except (ValueError, OSError) as err:               # e.g. no network for a download
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        raise GridError(str(err)) from None
     start_ray(args)
-    try:
-        shared.check_nodes(args.storage, todo)          # multi-node: shared storage, cache
-    except GridError as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    shared.check_nodes(args.storage, todo)          # multi-node: shared storage, cache
     cluster = ray.cluster_resources()
     gpus = gpus_by_teacher(todo, args, cluster.get("GPU", 0))
     packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args))
@@ -219,8 +242,103 @@ def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus, "results": str(results_dir),
                      "fail_once_at_epoch": args.fail_once_at_epoch}}
     rows.write_plan(table, results_dir, todo)
-    return keep_open(page, table, launch(table, experiment_name(args, prefix), space, axes, args,
-                                         results_dir))
+    return launch(table, name, space, axes, args, results_dir)
+
+
+# ---- a race (--seeds auto): rounds of experiments driven from the rows --------------------------
+def run_race(table: str, blocks: Sequence[Block], args: argparse.Namespace, prefix: str,
+             results_dir: Path) -> int:
+    """Race the table's cells (sweeps.race): each round is one Tune experiment,
+    `<name>-r<round>`, of the trials the rows say come next. Killed between rounds, the same
+    command with --resume replays the rows and goes on; killed within a round, the round's
+    experiment is restored from its checkpoints."""
+    settings = race_settings(args)
+    chosen = grid.chosen_blocks(blocks, only=args.only, smoke_test=args.smoke_test,
+                                offline=args.offline, overrides=overrides_from_args(args))
+    groups = race.groups(chosen)
+    axes = grid.swept_axes(blocks)
+    plan = {"smoke_test": args.smoke_test, "offline": args.offline, "only": args.only}
+    log_path = results_dir / RACE_LOG.format(table=table)
+    name = _race_name(table, args, prefix, results_dir, log_path, plan, settings)
+    page = open_page(table, args, results_dir)
+    print(f"{table}: racing {sum(map(len, groups.values()))} cells in {len(groups)} groups "
+          f"({race.describe(settings)}); log {log_path}")
+    status, launched, shown = 0, 0, 0
+    while True:
+        done = _done_rows(table, results_dir)
+        states = [race.replay(g, cells, done, settings) for g, cells in groups.items()]
+        log = race.log_dict(table, name, plan, settings, states)
+        if not args.dry_run:
+            race.write_log(log_path, log)
+        lines = race_lines(log)[:-1]                  # the rounds so far, not the verdict
+        for line in lines[shown:]:
+            print(f"{table}: race {line}")
+        shown = len(lines)
+        todo = [t for st in states for t in st.todo]
+        if not todo:
+            print(f"{table}: race over: {log['stop']}; rows in {results_dir}")
+            return keep_open(page, table, status)
+        r = max(st.round for st in states if st.todo)
+        if args.dry_run:
+            print(f"{table}: round {r}: {len(todo)} trials to run")
+            _print_todo(todo, axes)
+            return 0
+        if args.max_rounds is not None and launched >= args.max_rounds:
+            print(f"{table}: stopped after {launched} rounds (--max-rounds); continue with "
+                  f"--resume")
+            return keep_open(page, table, status)
+        todo = skip_finished(table, todo, results_dir)   # adopts other tables' rows
+        if todo:
+            status |= _race_round(table, todo, args, f"{name}-r{r}", axes, results_dir)
+            launched += 1
+        if args.kill_after_round is not None and r >= args.kill_after_round:
+            log.warning("--kill-after-round %d: killing the driver", args.kill_after_round)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _race_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace, name: str,
+                axes: Sequence[str], results_dir: Path) -> int:
+    """One round: restore its experiment if a killed driver left it, else launch it."""
+    path = f"{args.storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        print(f"{table}: continuing round experiment {path}")
+        return restore(table, path, args, results_dir)
+    return run_round(table, todo, args, name, axes, results_dir)
+
+
+def _done_rows(table: str, results_dir: Path) -> Any:
+    """This table's ended trials (finished or errored), one per config hash, by hash."""
+    df = rows.read_trials(results_dir)
+    df = df[(df["table"] == table) & df["status"].isin([*rows.FINISHED, "error"])]
+    return df.sort_values("finished_at").drop_duplicates("config_hash", keep="last") \
+        .set_index("config_hash")
+
+
+def _race_name(table: str, args: argparse.Namespace, prefix: str, results_dir: Path,
+               log_path: Path, plan: Mapping[str, Any], settings: race.Settings) -> str:
+    """The race's experiment name; refuses a --results that holds another table's rows, or a
+    race of this table with other settings."""
+    have = rows.read_trials(results_dir, columns=["table"]) if results_dir.is_dir() else None
+    if have is not None and not have.empty and table not in set(have["table"]):
+        raise GridError(f"--results {results_dir} holds rows of {', '.join(sorted(set(have['table'])))}"
+                        f" only, none of {table}: a race reads its rounds from --results, so "
+                        f"pass a fresh directory or the one this {table} race wrote")
+    old = race.read_log(log_path)
+    if old is None:
+        if args.resume:
+            raise GridError(f"--resume: no race log {log_path}; start the race without "
+                            "--resume (finished trials in --results are reused)")
+        return experiment_name(args, prefix)
+    mine = dataclasses.asdict(settings)
+    diff = [f"{k}={mine[k]} (logged {old['settings'].get(k)})" for k in mine
+            if old["settings"].get(k) != mine[k]]
+    diff += [f"{k}={plan[k]} (logged {old['plan'].get(k)})" for k in plan
+             if old["plan"].get(k) != plan[k]]
+    if diff:
+        raise GridError(f"--results holds a {table} race with other settings: "
+                        f"{'; '.join(diff)}. Pass the same flags to continue it, or a fresh "
+                        "--results for a new race")
+    return old["name"]
 
 
 # ---- search mode (sweeps.search) -------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from qimera_core.config import TrainConfig, overrides_from_args
-from sweeps import grid, rows
+from sweeps import grid, race, rows
 from sweeps.grid import Block, GridError
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,37 @@ def plan_trials(blocks: Sequence[Block], args: argparse.Namespace) -> list[Train
     check_overrides(overrides)
     if args.smoke_test and args.offline:
         raise GridError("--smoke-test and --offline are two different settings; pick one")
-    seeds = args.seeds if args.seeds is not None else (1 if args.smoke_test else 3)
+    if args.seeds == "auto":
+        seeds = race_settings(args).n0                  # round 0; later rounds add seeds
+    else:
+        check_no_race_flags(args)
+        seeds = args.seeds if args.seeds is not None else (1 if args.smoke_test else 3)
     configs = grid.plan(blocks, seeds=seeds, only=args.only, smoke_test=args.smoke_test,
                         offline=args.offline, overrides=overrides)
     check_inputs(configs)
     return configs
+
+
+def race_settings(args: argparse.Namespace) -> race.Settings:
+    """The race's settings from the flags (defaults where not given), checked."""
+    given = {dest: getattr(args, dest) for dest, _ in race.RACE_FLAGS
+             if getattr(args, dest, None) is not None
+             and dest not in ("max_rounds", "kill_after_round")}
+    try:
+        s = race.Settings(**given)
+        s.check()
+    except race.RaceError as e:
+        raise GridError(str(e)) from None
+    return s
+
+
+def check_no_race_flags(args: argparse.Namespace) -> None:
+    given = [flag for dest, flag in race.RACE_FLAGS if getattr(args, dest, None) is not None]
+    if given:
+        fixed = f"--seeds {args.seeds}" if args.seeds is not None else "the fixed design"
+        raise GridError(f"{', '.join(given)} {'is a race flag' if len(given) == 1 else 'are race flags'} "
+                        f"but {fixed} runs a fixed number of seeds per cell; pass --seeds auto "
+                        f"to race, or drop {given[0]}")
 
 
 # (flag, smallest allowed value, what it means) of the run flags that take a count
