@@ -24,6 +24,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_tf32(mode: str, device: torch.device) -> None:
+    """cfg.tf32 on a CUDA device (process-wide flags; a no-op on the CPU): "conv" keeps
+    PyTorch's defaults (cuDNN convolutions may use TF32, matmuls stay fp32), "off" makes both
+    full fp32, "all" lets both use TF32. Only Ampere and newer GPUs have TF32."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.allow_tf32 = mode in ("conv", "all")
+    torch.backends.cuda.matmul.allow_tf32 = mode == "all"
+
+
 def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module, Generator]:
     """Teacher (FP, eval, frozen), its quantized copy (eval mode throughout, §2.4), generator."""
     teacher, student = build_networks(cfg, device)
@@ -33,6 +43,7 @@ def build_models(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.
 def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The teacher and its quantized copy: what every member of a pack shares or starts from."""
     spec = models.spec(cfg.teacher)
+    set_tf32(cfg.tf32, device)
     teacher = models.load_teacher(cfg).to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -30,7 +30,8 @@ RUN_ONLY_FIELDS = ("device", "num_threads", "cache_dir")
 # Fields added after results were recorded, with the value that reproduces those results: left
 # out of the config hash at that value, so finished trials keep their hash. (act_quant_sites:
 # every teacher that ran before quantizes identically in "call_site" mode, see quant.quantize.)
-HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site"}
+HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site", "tf32": "conv"}
+TF32_MODES = ("conv", "off", "all")
 
 
 def default_cache_dir() -> str:
@@ -97,6 +98,8 @@ class TrainConfig:
     num_threads: int = 0                 # torch intra-op threads; 0 = all CPUs this process may use
     channels_last: bool = True           # NHWC memory format (faster convs on CPU and GPU)
     amp_bf16: bool = False               # CUDA only: bf16 autocast for teacher/generator forwards
+    tf32: str = "conv"                   # CUDA (Ampere+) only: TF32 in conv (PyTorch's default:
+                                         # cuDNN convs TF32, matmuls fp32) | off (all fp32) | all
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -219,6 +222,9 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
     _check(c.eval_start_epoch >= 0, f"eval_start_epoch must be >= 0, got {c.eval_start_epoch}")
     _check(c.device in DEVICES or c.device.startswith("cuda:"),
            f"device must be auto, cpu, cuda or cuda:N, got {c.device!r}")
+    _check(c.tf32 in TF32_MODES,
+           f"tf32 must be one of {TF32_MODES} (conv: PyTorch's default, TF32 in cuDNN "
+           f"convolutions only; off: full fp32; all: convolutions and matmuls), got {c.tf32!r}")
     _check(c.num_threads >= 0, f"num_threads must be >= 0 (0 = all CPUs), got {c.num_threads}")
     _check(c.normalization in NORMALIZATIONS,
            f"normalization must be one of {NORMALIZATIONS}, got {c.normalization!r}")

@@ -95,10 +95,21 @@ def test_act_quant_sites_at_its_default_leaves_the_hash_as_before_the_field():
     then, so those trials keep their hash; the official mode is another trial."""
     a = build("cifar10-resnet20-4w4a")
     d = {k: v for k, v in a.to_dict().items()
-         if k not in ("device", "num_threads", "cache_dir", "act_quant_sites")}
+         if k not in ("device", "num_threads", "cache_dir", "act_quant_sites", "tf32")}
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     assert a.config_hash == hashlib.sha256(blob).hexdigest()[:16]
     assert dataclasses.replace(a, act_quant_sites="module").config_hash != a.config_hash
+
+
+def test_tf32_at_its_default_leaves_the_hash_as_before_the_field():
+    """tf32='conv' is what every run did before the field (PyTorch's default), so those
+    trials keep their hash (these two were computed before the field existed); other modes
+    change GPU numerics and are other trials."""
+    a, b = build("cifar10-resnet20-4w4a"), build("digits-offline", seed=2)
+    assert (a.config_hash, b.config_hash) == ("26cfc074c97c34cf", "1eba92ebfb3c24ad")
+    assert a.tf32 == "conv" and dataclasses.replace(a, tf32="off").config_hash != a.config_hash
+    with pytest.raises(ValueError, match="tf32 must be one of"):
+        build("digits-offline", tf32="on")
 
 
 def test_hash_covers_results_not_placement():
