@@ -28,7 +28,7 @@ from qimera_core import results
 from analysis.load import RACE_LOG
 from analysis.status import race_lines
 from qimera_core.config import TrainConfig, overrides_from_args
-from sweeps import grid, race, rows, shared
+from sweeps import calibrate, grid, race, rows, shared
 from sweeps.cli import build_parser
 from sweeps.grid import Block, GridError
 from sweeps.page import keep_open, open_page
@@ -232,7 +232,9 @@ def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace,
     shared.check_nodes(args.storage, todo)          # multi-node: shared storage, cache
     cluster = ray.cluster_resources()
     gpus = gpus_by_teacher(todo, args, cluster.get("GPU", 0))
-    packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args))
+    measure = (calibrate.sweep_measure(gpus, args.cpus_per_trial)
+               if args.pack in (None, "auto") else None)
+    packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args), measure)
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "
           f"({', '.join(f'{n} x {k}' for k, n in sorted(_sizes(packs).items(), reverse=True))})")
     space = {"pack": tune.grid_search([

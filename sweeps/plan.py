@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,20 +171,31 @@ def trial_slots(cluster_cpus: int, args: argparse.Namespace) -> int:
 
 
 def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
-               gpus: Mapping[str, float], slots: int) -> list[list[TrainConfig]]:
+               gpus: Mapping[str, float], slots: int,
+               measure: Callable[[TrainConfig, int], int | None] | None = None
+               ) -> list[list[TrainConfig]]:
     """Group the trials still to run into packs of compatible configs (qimera_core.pack);
-    `slots`: trials that run at once (trial_slots), for --pack auto on the CPU."""
+    `slots`: trials that run at once (trial_slots). --pack auto with `measure(cfg, count)`
+    (sweeps.calibrate: the measured pack size of `cfg`'s kind, None if it could not be
+    measured) deals each kind into balanced packs of at most that size, over the slots;
+    without it, or where it gives None, auto_pack_size's fixed rule."""
     from qimera_core import pack
+    from sweeps import calibrate
     flag = "auto" if args.pack is None else args.pack
     if flag == "off":
         return [[c] for c in todo]
     if isinstance(flag, int):
         return pack.group(todo, flag)
-    packs = []
+    packs, measured, sizes = [], [], []
     for same in pack.group(todo, len(todo)):          # one list per compatible kind
-        size = auto_pack_size(same[0], len(same), gpus[same[0].teacher], slots)
-        packs += pack.group(same, size)
-    return packs
+        size = measure(same[0], len(same)) if measure is not None else None
+        if size is None:
+            size = auto_pack_size(same[0], len(same), gpus[same[0].teacher], slots)
+            packs += pack.group(same, size)
+        else:
+            measured.append(same)
+            sizes.append(size)
+    return calibrate.deal(measured, sizes, max(1, slots - len(packs))) + packs
 
 
 def auto_pack_size(cfg: TrainConfig, count: int, gpus: float, slots: int) -> int:
