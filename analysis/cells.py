@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import pandas as pd
 
 from qimera_core.config import FIELD_NAMES, RUN_ONLY_FIELDS
 
-from . import paper, stats
+from . import paper, raced, stats
 from .load import (
     AnalysisError,
     Results,
@@ -38,9 +38,6 @@ METRICS = {"top1": "final top-1 (%)",
 # Fields that may differ between the seeds of one cell without making it a different cell.
 _FREE_FIELDS = {"seed", "teacher_weights", "eval_data", *RUN_ONLY_FIELDS}
 COMPARED_FIELDS = sorted(FIELD_NAMES - _FREE_FIELDS)
-# The columns of a cell that a race log names it by (the swept axes of every table).
-RACE_CELL_FIELDS = ("setting", "mix_prob", "mix_classes", "dm_layers", "noise_sigma",
-                    "method_label")
 # Statistics columns of a cell, left out of its `samples` rows.
 _STAT_COLUMNS = {"mean", "std", "n", "ci_low", "ci_high", "status", "reason", "gpu_hours",
                  "wall_hours", "mixed", "final_mean", "best_mean", "best_ci_low", "best_ci_high",
@@ -327,12 +324,15 @@ def finish(name: str, title: str, trials: pd.DataFrame, cells: pd.DataFrame,
         raise AnalysisError(f"--alpha must be in (0, 1), got {alpha:g}")
     _mark_ties(cells, bold_by, alpha)
     cells["metric"], cells["seeds"] = metric, seeds
-    cells["race_out"] = race_outcomes(cells, race)
+    cells["race_out"] = raced.outcomes(cells, race)
+    # A cell the race put out was found worse than that round's best by the same test: not
+    # bold, although its few seeds may not show it against the final best.
+    cells.loc[cells["race_out"] != "", "bold"] = False
     cells["text"] = [_text(c, seeds, compare) for _, c in cells.iterrows()]
     cells.insert(0, "table", name)
     frame, bold, top = _layout(cells, index, rename)
     notes = _notes(cells, trials, index, rename, metric, unrun, alpha)
-    notes += race_notes(cells, race)
+    notes += raced.notes(cells, race)
     return PaperTable(name=name, title=title, frame=frame, bold=bold, top=top,
                       cells=cells.drop(columns=[c for c in cells if c.startswith("_")]),
                       metric=metric, notes=notes, samples=samples_of(cells), alpha=alpha)
@@ -348,39 +348,6 @@ def samples_of(cells: pd.DataFrame) -> pd.DataFrame:
             out.append({**base, "seed": int(seed), "value": float(value),
                         "start": float(c["_starts"].get(seed, math.nan))})
     return pd.DataFrame(out, columns=[*keep, "seed", "value", "start"])
-
-
-def race_outcomes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
-    """'out in round 1' for a cell a race eliminated, '' otherwise. The log names a cell by
-    its setting and axis values (RACE_CELL_FIELDS); a table matches on the ones it has."""
-    if not race:
-        return [""] * len(cells)
-    keys = [k for k in RACE_CELL_FIELDS if k in cells.columns]
-    out_by_cell = {}
-    for r in race.get("rounds", []):
-        for e in r.get("eliminated", []):
-            out_by_cell[_race_key(e["cell"], keys)] = f"out in round {r['round']}"
-    return [out_by_cell.get(_race_key(c, keys), "") if c["kind"] == "ours" else ""
-            for _, c in cells.iterrows()]
-
-
-def _race_key(fields: Mapping[str, Any], keys: Sequence[str]) -> tuple:
-    return tuple(round(float(fields[k]), 6) if isinstance(fields.get(k), int | float)
-                 else str(fields.get(k)) for k in keys)
-
-
-def race_notes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
-    if not race:
-        return []
-    rounds = race.get("rounds", [])
-    out = (cells["race_out"] != "").sum()
-    s = race.get("settings", {})
-    note = (f"Raced seeds (n0={s.get('n0')}, alpha={s.get('alpha')}, max {s.get('max_seeds')} "
-            f"seeds): {len(rounds)} rounds, {out} cells out. A cell marked 'out in round r' "
-            "stopped with fewer seeds after a test at that round found it worse than the best; "
-            "its mean rests on fewer seeds and is biased low (it lost because it looked bad).")
-    stop = race.get("stop", "")
-    return [note + (f" Stopped: {stop}." if stop else " Still running.")]
 
 
 def check_metric(metric: str) -> None:

@@ -150,7 +150,8 @@ def to_markdown(r: Resolution) -> str:
 def to_latex(r: Resolution) -> str:
     lines = [r"\begin{table}", r"\centering", r"\small",
              rf"\caption{{{latex_escape(f'What {r.table} resolves ({_options(r)})')}}}",
-             rf"\label{{tab:{r.table}-stats}}", r"\begin{tabular}{p{0.2\linewidth}p{0.33\linewidth}p{0.4\linewidth}}", r"\toprule",
+             rf"\label{{tab:{r.table}-stats}}",
+             r"\begin{tabular}{p{0.2\linewidth}p{0.33\linewidth}p{0.4\linewidth}}", r"\toprule",
              r"Setting & Question & Result \\", r"\midrule"]
     for _, t in r.ties.iterrows():
         lines.append(" & ".join(latex_escape(x) for x in (

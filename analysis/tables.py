@@ -38,7 +38,8 @@ __all__ = ["METRICS", "PaperTable", "TABLES", "TABLE_FUNCTIONS", "make_tables",
 
 # ---- the tables ----------------------------------------------------------------------------
 def table9(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA,
+           race: dict | None = None) -> PaperTable:
     """Supp. Table 9: accuracy vs K (rows) and p (columns), one block per dataset/model/bits."""
     check_metric(metric)
     trials = table_trials(source, "table9")
@@ -70,7 +71,8 @@ def _table8_column(s: tuple[str, str, str]) -> str:
 
 
 def table8(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA,
+           race: dict | None = None) -> PaperTable:
     """Supp. Table 8: accuracy vs number of DM layers (rows), one column per data set."""
     check_metric(metric)
     trials = table_trials(source, "table8")
@@ -100,7 +102,8 @@ def _table6_columns(trials: pd.DataFrame, theirs: pd.DataFrame) -> list[tuple[st
 
 
 def table6(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA,
+           race: dict | None = None) -> PaperTable:
     """Supp. Table 6: GDFQ at noise scale σ (columns) per data set, model, bits; Qimera beside."""
     check_metric(metric)
     trials = table_trials(source, "table6")
@@ -191,7 +194,8 @@ _ROWS = ["dataset", "model", "bits"]
 
 
 def main_table(source: Results | pd.DataFrame, *, metric: str = "top1",
-               seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
+               seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA,
+           race: dict | None = None) -> PaperTable:
     """Main results: ZeroQ, ZAQ (paper's values), GDFQ and Qimera per data set, model, bits."""
     trials, n, settings, cells = _method_table("main", source, metric, seeds, compare_paper,
                                                ["GDFQ", "Qimera"], ["ZeroQ", "ZAQ"])
@@ -203,7 +207,8 @@ def main_table(source: Results | pd.DataFrame, *, metric: str = "top1",
 
 
 def table7(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
+           compare_paper: bool = False, alpha: float = ALPHA,
+           race: dict | None = None) -> PaperTable:
     """Supp. Table 7: the main comparison plus Qimera with extracted, frozen embeddings."""
     trials, n, settings, cells = _method_table(
         "table7", source, metric, seeds, compare_paper,
@@ -217,7 +222,8 @@ def table7(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int |
 
 
 def table10(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-            compare_paper: bool = False, alpha: float = ALPHA, race: dict | None = None) -> PaperTable:
+            compare_paper: bool = False, alpha: float = ALPHA,
+           race: dict | None = None) -> PaperTable:
     """Supp. Table 10: Qimera vs DSG (DSG's own reported numbers) and Qimera's improvement."""
     trials, n, settings, cells = _method_table("table10", source, metric, seeds, compare_paper,
                                                ["Qimera"], ["DSG"])

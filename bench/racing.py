@@ -23,8 +23,9 @@ array of values per cell and seed, and every design reads its seeds 0, 1, ... fr
   with the seeds `decide` adds, new seeds being the next integers n, n+1, ...). `replay` itself
   is not driven: it needs TrainConfig cells and a config hash per trial; tests/test_racing_bench.py
   checks on Table 8 that this loop and `replay` on a fake `done` frame make the same decisions.
-  The race's reported best is the final round's best survivor by mean; "tied" is
-  analysis.stats.ties on every cell's final values (what the table page would bold).
+  The race's reported best is the final round's best survivor (by seed-adjusted mean, as
+  `decide` ranks); "tied" is the race's survivors, as a raced table bolds them (a cell out of
+  the race is not bold: analysis.raced).
 
 Per table x s x design, over the repetitions: P(right) = P(the reported best is truly within
 delta = 0.25 of the true best); P(worse tied) = P(some cell truly more than delta below the true
@@ -167,9 +168,9 @@ def race_design(x: np.ndarray, keys: Sequence[str], s: race.Settings, alpha: flo
     best, tied, surv, trials, stops = [], [], [], [], []
     for r in range(len(x)):
         b, final, survivors, used, stop = run_race(x[r], keys, s)
-        verdict = stats.ties(final, alpha)
         best.append(keys.index(b))
-        tied.append([bool(verdict.at[k, "tied"]) for k in keys])
+        # as a raced table shows it: a cell out of the race is not bold (analysis.raced)
+        tied.append([k in survivors for k in keys])
         surv.append([k in survivors for k in keys])
         trials.append(used)
         stops.append(stop.split(" (")[0])

@@ -24,9 +24,9 @@ import pyarrow.fs
 import ray
 from ray import tune
 
-from qimera_core import results
 from analysis.load import RACE_LOG
 from analysis.status import race_lines
+from qimera_core import results
 from qimera_core.config import TrainConfig, overrides_from_args
 from sweeps import calibrate, grid, race, rows, shared
 from sweeps.cli import build_parser
@@ -269,16 +269,16 @@ def run_race(table: str, blocks: Sequence[Block], args: argparse.Namespace, pref
     while True:
         done = _done_rows(table, results_dir)
         states = [race.replay(g, cells, done, settings) for g, cells in groups.items()]
-        log = race.log_dict(table, name, plan, settings, states)
+        race_log = race.log_dict(table, name, plan, settings, states)
         if not args.dry_run:
-            race.write_log(log_path, log)
-        lines = race_lines(log)[:-1]                  # the rounds so far, not the verdict
+            race.write_log(log_path, race_log)
+        lines = race_lines(race_log)[:-1]                  # the rounds so far, not the verdict
         for line in lines[shown:]:
             print(f"{table}: race {line}")
         shown = len(lines)
         todo = [t for st in states for t in st.todo]
         if not todo:
-            print(f"{table}: race over: {log['stop']}; rows in {results_dir}")
+            print(f"{table}: race over: {race_log['stop']}; rows in {results_dir}")
             return keep_open(page, table, status)
         r = max(st.round for st in states if st.todo)
         if args.dry_run:
@@ -322,7 +322,8 @@ def _race_name(table: str, args: argparse.Namespace, prefix: str, results_dir: P
     race of this table with other settings."""
     have = rows.read_trials(results_dir, columns=["table"]) if results_dir.is_dir() else None
     if have is not None and not have.empty and table not in set(have["table"]):
-        raise GridError(f"--results {results_dir} holds rows of {', '.join(sorted(set(have['table'])))}"
+        others = ", ".join(sorted(set(have["table"])))
+        raise GridError(f"--results {results_dir} holds rows of {others}"
                         f" only, none of {table}: a race reads its rounds from --results, so "
                         f"pass a fresh directory or the one this {table} race wrote")
     old = race.read_log(log_path)

@@ -67,7 +67,8 @@ def check_no_race_flags(args: argparse.Namespace) -> None:
     given = [flag for dest, flag in race.RACE_FLAGS if getattr(args, dest, None) is not None]
     if given:
         fixed = f"--seeds {args.seeds}" if args.seeds is not None else "the fixed design"
-        raise GridError(f"{', '.join(given)} {'is a race flag' if len(given) == 1 else 'are race flags'} "
+        what = "is a race flag" if len(given) == 1 else "are race flags"
+        raise GridError(f"{', '.join(given)} {what} "
                         f"but {fixed} runs a fixed number of seeds per cell; pass --seeds auto "
                         f"to race, or drop {given[0]}")
 

@@ -127,13 +127,14 @@ class GroupState:
     stop: str = ""                                # why it ended; "" = still racing
     winner: str = ""
     n: dict[str, int] = field(default_factory=dict)
+    remeasured: dict[str, Any] = field(default_factory=dict)   # the winner on fresh seeds
 
 
 def groups(blocks: Sequence[Block]) -> dict[str, list[Cell]]:
     """The race groups of a table's chosen blocks: one per setting (rows `<setting>/<variant>`,
     such as the main table's GDFQ and Qimera rows, race together), as the tables pick a best."""
-    from analysis.cells import RACE_CELL_FIELDS
     from analysis.load import add_labels
+    from analysis.raced import RACE_CELL_FIELDS
     out: dict[str, list[Cell]] = {}
     for block in blocks:
         cfgs = grid.block_trials(block, [0])
@@ -178,7 +179,9 @@ def decide(values: Mapping[str, dict[int, float]], n: Mapping[str, int], s: Sett
            ) -> tuple[list[str], pd.DataFrame, str, dict[str, int]]:
     """One look at the alive cells' values: (survivors, the tie test per cell, why the race
     stops or '', cell -> seeds to add next)."""
-    verdict = stats.ties(values, s.alpha)
+    # The best by seed-adjusted means: after LUCB rounds the cells have different seeds, and
+    # the seeds are shared blocks, so plain means over different seed sets do not compare.
+    verdict = stats.ties(values, s.alpha, rank=stats.seed_adjusted_means(values))
     alive = [k for k in values if bool(verdict.at[k, "tied"])]
     best = next(k for k in values if bool(verdict.at[k, "best"]))
     others = [k for k in alive if k != best]
@@ -186,8 +189,7 @@ def decide(values: Mapping[str, dict[int, float]], n: Mapping[str, int], s: Sett
         return alive, verdict, "one cell left", {}
     if s.stop == "tost":
         close = [stats.tost(values[best], values[k], s.delta) for k in others]
-        if all(p < s.alpha for p in close if not math.isnan(p)) and not any(map(math.isnan,
-                                                                                 close)):
+        if all(p < s.alpha for p in close):          # a nan (no test possible) is not < alpha
             return alive, verdict, f"every survivor is within ±{s.delta:g} of the best (TOST)", {}
     bounds = {k: stats.upper_bound(values[best], values[k], s.alpha) for k in others}
     if s.stop == "best" and all(b < s.delta for b in bounds.values()):
@@ -221,16 +223,21 @@ def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
         used += [t.config_hash for t in trials]
         gpu_h, trial_h, wall_h = _cost(done, used)
         if st.stop:                                 # the winner's re-measure round is done
+            fresh = _values(by_key[best], plan[best], done)
+            lo, hi = stats.t_interval(list(fresh.values()))
+            st.remeasured = dict(label=by_key[best].label, seeds=sorted(fresh),
+                                 mean=float(sum(fresh.values()) / len(fresh)) if fresh
+                                 else math.nan, ci_low=lo, ci_high=hi)
             return st
         values = {k: _values(by_key[k], range(st.n[k]), done) for k in alive}
+        empty = [k for k in alive if not values[k]]   # every seed errored or diverged
         values = {k: v for k, v in values.items() if v}
         if not values:
             st.stop = "no cell has a finished value"
             return st
         survivors, verdict, stop, more = decide(values, st.n, s)
-        if not stop and _over_budget(s, sum(more.values()), gpu_h, wall_h, len(trials),
-                                     len(used), st):
-            stop = st.stop
+        if not stop:
+            stop = _budget_stop(s, sum(more.values()), gpu_h, wall_h, len(used))
         best = next(k for k in values if bool(verdict.at[k, "best"]))
         st.rounds.append(Round(
             round=st.round, trials=len(trials), alive=[by_key[k].label for k in alive],
@@ -240,7 +247,9 @@ def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
                              mean=float(verdict.at[k, "mean"]), n=len(values[k]),
                              p_holm=float(verdict.at[k, "p_holm"]),
                              test=str(verdict.at[k, "test"]))
-                        for k in values if k not in survivors],
+                        for k in values if k not in survivors]
+            + [dict(cell=dict(by_key[k].fields), label=by_key[k].label, mean=math.nan, n=0,
+                    p_holm=math.nan, test="no finished value") for k in empty],
             next={by_key[k].label: list(range(st.n[k], st.n[k] + m)) for k, m in more.items()},
             stop=stop, gpu_hours=gpu_h, trial_hours=trial_h, wall_hours=wall_h))
         alive = survivors
@@ -255,19 +264,17 @@ def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
         plan = {k: list(range(st.n[k], st.n[k] + m)) for k, m in more.items()}
 
 
-def _over_budget(s: Settings, next_trials: int, gpu_h: float, wall_h: float,
-                 last_trials: int, used: int, st: GroupState) -> bool:
-    """Would the next round pass a budget? Its cost is estimated from the trials measured so
-    far: GPU-hours per trial times its trials; wall time as this race's wall time per trial."""
-    if s.budget_gpu_hours and gpu_h + next_trials * gpu_h / max(1, used) > s.budget_gpu_hours:
-        st.stop = (f"the next round (~{next_trials * gpu_h / max(1, used):.3g} GPU-h) would pass "
-                   f"--budget-gpu-hours {s.budget_gpu_hours:g} ({gpu_h:.3g} used)")
-        return True
-    if s.budget_hours and wall_h + next_trials * wall_h / max(1, used) > s.budget_hours:
-        st.stop = (f"the next round (~{next_trials * wall_h / max(1, used):.3g} h) would pass "
-                   f"--budget-hours {s.budget_hours:g} ({wall_h:.3g} h used)")
-        return True
-    return False
+def _budget_stop(s: Settings, next_trials: int, gpu_h: float, wall_h: float, used: int
+                 ) -> str:
+    """Why the next round would pass a budget, or ''. Its cost is estimated from the trials
+    measured so far: GPU-hours (or wall hours) per trial times the next round's trials."""
+    for budget, spent, flag, unit in ((s.budget_gpu_hours, gpu_h, "--budget-gpu-hours", "GPU-h"),
+                                      (s.budget_hours, wall_h, "--budget-hours", "h")):
+        more = next_trials * spent / max(1, used)
+        if budget and spent + more > budget:
+            return (f"the next round (~{more:.3g} {unit}) would pass {flag} {budget:g} "
+                    f"({spent:.3g} {unit} used)")
+    return ""
 
 
 def describe(s: Settings) -> str:
@@ -290,7 +297,8 @@ def log_dict(table: str, name: str, plan: Mapping[str, Any], s: Settings,
     return {"table": table, "name": name, "plan": dict(plan), "settings": dataclasses.asdict(s),
             "rounds": rounds, "stop": "; ".join(stops) if done else "",
             "groups": [{"group": g.group, "round": g.round, "stop": g.stop, "winner": g.winner,
-                        "todo": len(g.todo), "seeds": dict(sorted(g.n.items()))}
+                        "remeasured": g.remeasured, "todo": len(g.todo),
+                        "seeds": dict(sorted(g.n.items()))}
                        for g in states]}
 
 

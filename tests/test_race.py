@@ -129,6 +129,13 @@ def test_remeasure_gives_the_winner_fresh_seeds():
     rows = done_rows(cs, lambda i, s: [70.0, 40.0][i] + s % 2, 3)
     st = race.replay("g", cs, rows, race.Settings(n0=3, max_seeds=5, remeasure=2))
     assert st.stop == "one cell left" and [t.seed for t in st.todo] == [5, 6]
+    fresh = pd.DataFrame([dict(config_hash=cs[0].at(s).config_hash, status="ok", top1=v,
+                               gpu_seconds=0.0, wall_time_s=1.0,
+                               finished_at=pd.Timestamp("2026-01-02", tz="UTC"))
+                          for s, v in ((5, 68.0), (6, 69.0))]).set_index("config_hash")
+    st = race.replay("g", cs, pd.concat([rows, fresh]), race.Settings(n0=3, max_seeds=5,
+                                                                      remeasure=2))
+    assert not st.todo and st.remeasured["mean"] == 68.5 and st.remeasured["seeds"] == [5, 6]
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -255,3 +255,24 @@ def test_trend_claim_direction_by_dataset():
     assert c.loc["higher p is better on ImageNet (Table 9)", "verdict"] == "contradicted"
     assert c.loc["higher K is better on ImageNet (Table 9)", "verdict"] in (
         "unresolved", "supported", "contradicted")
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = rng.uniform(0, 0.3, rng.integers(1, 25))
+        assert stats.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
+
+
+def test_seed_adjusted_means_take_out_the_shared_seed_effect():
+    # seeds shift every cell alike (+0, +5, -5); b is a + 1 but measured on seeds 1, 2 only
+    a = {0: 70.0, 1: 75.0, 2: 65.0}
+    b = {1: 76.0, 2: 66.0}
+    plain = {"a": 70.0, "b": 71.0}
+    assert {k: np.mean(list(v.values())) for k, v in (("a", a), ("b", b))} == plain
+    adj = stats.seed_adjusted_means({"a": a, "b": b})
+    assert adj["b"] - adj["a"] == pytest.approx(1.0)
+    same = {"a": a, "b": {0: 71.0, 1: 76.0, 2: 66.0}}       # equal seeds: the plain means
+    assert stats.seed_adjusted_means(same) == {"a": 70.0, "b": 71.0}
+    assert stats.ties({"a": a, "b": b}, rank=adj).loc["b", "best"]
