@@ -213,6 +213,7 @@ def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
     plan = {c.key: list(range(s.n0)) for c in cells}
     alive = [c.key for c in cells]
     used: list[str] = []
+    winner = ""                                   # the best's key once the race has stopped
     while True:
         trials = [by_key[k].at(seed) for k, seeds in plan.items() for seed in seeds]
         st.todo = [t for t in trials if t.config_hash not in done.index]
@@ -223,9 +224,9 @@ def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
         used += [t.config_hash for t in trials]
         gpu_h, trial_h, wall_h = _cost(done, used)
         if st.stop:                                 # the winner's re-measure round is done
-            fresh = _values(by_key[best], plan[best], done)
+            fresh = _values(by_key[winner], plan[winner], done)
             lo, hi = stats.t_interval(list(fresh.values()))
-            st.remeasured = dict(label=by_key[best].label, seeds=sorted(fresh),
+            st.remeasured = dict(label=by_key[winner].label, seeds=sorted(fresh),
                                  mean=float(sum(fresh.values()) / len(fresh)) if fresh
                                  else math.nan, ci_low=lo, ci_high=hi)
             return st
@@ -255,11 +256,12 @@ def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
         alive = survivors
         st.round += 1
         if stop:
-            st.stop, st.winner = stop, by_key[best].label
+            winner = best
+            st.stop, st.winner = stop, by_key[winner].label
             if not s.remeasure:
                 return st
-            first = max(s.max_seeds, st.n[best])
-            plan = {best: list(range(first, first + s.remeasure))}
+            first = max(s.max_seeds, st.n[winner])
+            plan = {winner: list(range(first, first + s.remeasure))}
             continue
         plan = {k: list(range(st.n[k], st.n[k] + m)) for k, m in more.items()}
 
