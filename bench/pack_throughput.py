@@ -7,7 +7,10 @@
 
 `direct` times training steps in this process (warm-up and main phase, median of --steps) for
 packs of each size and turns them into trials per hour of the given schedule (evaluation left
-out); every figure is compared with the pack of one measured in the same run. Members differ
+out); every figure is compared with the pack of one measured in the same run.
+GFLOP/member is one main-phase step's FLOPs per member (grouped conv backward counted per
+group, bench/flops.py) and `of conv` the pack's achieved rate over the same run's conv probe
+(bench/step_time.py's largest-conv forward+backward). Members differ
 in p, K and sigma, as a table's do. `fractional` runs --procs separate processes of one trial
 each on one GPU at once (what `--gpus-per-trial 0.25` does) and prints their summed rate.
 `tune` runs the Table 9 smoke sweep (24 trials) through Ray Tune with --pack off, --pack
@@ -25,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import flops  # bench/flops.py (this script's folder is on sys.path)
+import step_time as step_bench  # bench/step_time.py: the conv probe
 import torch
 
 from qimera_core.config import build
@@ -73,6 +78,14 @@ def step_time(trial: Trial, steps: int, train_student: bool) -> float:
     return statistics.median(times)
 
 
+def main_step_flops(trial: Trial) -> float:
+    """FLOPs of one main-phase step of the whole pack, grouped conv backward counted per group
+    (bench/flops.py): per member, it equals the unpacked step's."""
+    with flops.counter() as counter:
+        trial.step(True, calibrate=False)
+    return float(counter.get_total_flops())
+
+
 def direct(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     if args.threads:
@@ -87,8 +100,9 @@ def direct(args: argparse.Namespace) -> None:
         print(f"\n{shape}: {cfg.teacher} {cfg.w_bits}w{cfg.a_bits}a batch {cfg.batch_size}, "
               f"schedule {warm} warm-up + {main} main steps per trial")
         print(f"{'pack':>5} {'warm-up s/step':>15} {'main s/step':>12} {'trials/h':>9} "
-              f"{'x unpacked':>11} {'peak MiB/member':>16}")
-        base = None
+              f"{'x unpacked':>11} {'peak MiB/member':>16} {'GFLOP/member':>13} "
+              f"{'of conv':>8}")
+        base, conv = None, None
         for n in sizes:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -96,13 +110,17 @@ def direct(args: argparse.Namespace) -> None:
             trial = Trial(members(shape, n, args.device, args.threads), device)
             tw = step_time(trial, args.steps, train_student=False)
             tm = step_time(trial, args.steps, train_student=True)
+            if conv is None:         # the same run's conv probe (fwd + bwd, GFLOP/s)
+                conv = step_bench.probe(trial)["conv_fwd_bwd"]
+            gflop = main_step_flops(trial) / n / 1e9
             per_hour = 3600 * n / (warm * tw + main * tm)
             if n == 1:
                 base = per_hour
             mem = (f"{torch.cuda.max_memory_allocated(device) / n / 2**20:16.0f}"
                    if device.type == "cuda" else f"{'-':>16}")
             ratio = f"{per_hour / base:11.2f}" if base else f"{'(no n=1)':>11}"
-            print(f"{n:5d} {tw:15.4f} {tm:12.4f} {per_hour:9.3g} {ratio} {mem}", flush=True)
+            print(f"{n:5d} {tw:15.4f} {tm:12.4f} {per_hour:9.3g} {ratio} {mem} "
+                  f"{gflop:13.3f} {gflop * n / tm / conv:8.1%}", flush=True)
             del trial
 
 

@@ -12,7 +12,8 @@ slightly slower step than the unmarked timing printed as `step`.
 In the same process, between the step measurements, it probes what the machine can do with the
 same threads: a square fp32 matmul, and the largest conv of the step (the generator's
 128->64 3x3 conv at full resolution) forward and forward+backward, in the step's memory
-format. FLOPs come from `torch.utils.flop_counter` (convs and matmuls; elementwise work,
+format. FLOPs come from `torch.utils.flop_counter` with grouped conv backward counted per
+group (bench/flops.py; torch's own formula ignores groups there) (convs and matmuls; elementwise work,
 BatchNorm and fake-quantization count zero). Each phase's rate is its FLOPs over its median
 time; `of conv` is that rate over the conv probe's forward+backward rate. Compare these
 fractions, not seconds, between machines.
@@ -27,9 +28,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import flops as flops_mod  # bench/flops.py (this script's folder is on sys.path)
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from qimera_core import quant
 from qimera_core.config import build
@@ -69,7 +70,7 @@ def count_flops(trial: Trial, train_student: bool, calibrate: bool) -> dict[str,
     """FLOPs of one step, split at the same phase marks as the timing."""
     quant.set_calibration(trial.student, calibrate)
     flops: dict[str, float] = {}
-    with FlopCounterMode(display=False) as counter:
+    with flops_mod.counter() as counter:     # grouped conv backward per group
         last = 0
 
         def mark(name: str) -> None:
