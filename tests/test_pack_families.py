@@ -6,8 +6,9 @@ loop, with only a warning, and a pack's throughput would quietly drop by N. Here
 raises `RuntimeError: aten::OP hit the vmap fallback which is currently disabled`, naming it.
 
 Random teacher weights, batch 2 per member. The pytorchcv ImageNet teachers end in a fixed
-AvgPool2d(7) (InceptionV3: 8), so they run at their full input size and take 10-30 s each on
-one CPU thread: they are marked `slow` (deselected by default; `pytest -m slow` runs them).
+AvgPool2d(7) (InceptionV3: 8), so they run at their full input size: 11-24 s per step on this
+project's 2-core machine when lightly loaded (80-440 s under a load average of 12), so they are
+marked `slow` (deselected by default; `pytest -m slow` runs them, as CI does).
 """
 
 import dataclasses
