@@ -202,7 +202,6 @@ def _text(c: pd.Series, seeds: int, compare: bool) -> str:
             text += f" ({c['race_out']}, n={int(c['n'])})"
         elif c["n"] < seeds:
             text += f" (n={int(c['n'])})"
-
     if compare and not math.isnan(c["paper"]):
         if c["kind"] == "ours" and c["metric"] == "top1":  # the cell is final, the paper best
             text += (f" [paper {c['paper']:.2f} (best epoch); Δ best-epoch {c['delta']:+.2f}, "

@@ -46,6 +46,10 @@ def notes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
     stop = race.get("stop", "")
     out_notes = [note + (f" Stopped: {stop}." if stop else " Still running.")]
     for g in race.get("groups", []):
+        if g.get("winner"):
+            out_notes.append(f"{g['group']}: the race's winner is {g['winner']} (best by "
+                             "seed-adjusted mean, which can differ from ▲, the highest plain "
+                             "mean, when cells have different seeds).")
         m = g.get("remeasured") or {}
         if m.get("seeds"):
             ci = (f" [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
