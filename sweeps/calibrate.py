@@ -131,8 +131,12 @@ def measure(make: Callable[[int], Callable[[], None]], *, sizes: Sequence[int] =
         rows.append(Row(n, dt, peak()))
         if len(rows) >= 2 and rows[-1].throughput < rows[-2].throughput * (1 + RISE):
             return rows, f"throughput stopped rising at N = {n}"
-        if clock() - start > budget_s:
+        spent = clock() - start
+        if spent > budget_s:
             return rows, f"time budget of {budget_s:g} s spent"
+        nxt = next((m for m in sizes if m > n), None)      # its steps, if time grew with N
+        if nxt is not None and spent + (warmup + steps) * dt * nxt / n > budget_s:
+            return rows, f"N = {nxt} would pass the time budget of {budget_s:g} s"
     return rows, f"largest size tried ({rows[-1].n})"
 
 

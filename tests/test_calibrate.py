@@ -75,6 +75,9 @@ def test_the_limit_and_the_time_budget_stop_the_curve():
     assert [r.n for r in rows] == [1, 2] and stop == "all 3 trials of this kind fit in one pack"
     rows, stop = curve(FakeClock(lambda n: 10.0), budget_s=25)   # 4 steps of 10 s per size
     assert [r.n for r in rows] == [1] and "budget" in stop
+    # a slow N = 1 (a CIFAR step on a CPU): N = 2 would take ~8 steps' time, so it stops first
+    rows, stop = curve(FakeClock(lambda n: 5.0 * n), budget_s=50)
+    assert [r.n for r in rows] == [1] and stop == "N = 2 would pass the time budget of 50 s"
 
 
 def test_balanced_dealing():
