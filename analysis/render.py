@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .load import AnalysisError
 from .cells import TOP_MARK
+from .load import AnalysisError
 from .tables import PaperTable
 
 log = logging.getLogger(__name__)

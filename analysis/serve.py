@@ -27,7 +27,6 @@ from qimera_core import results as schema
 
 from . import render, resolve
 from .cells import data_notes, tie_note
-from .status import race_lines
 from .load import (
     AnalysisError,
     Results,
@@ -37,6 +36,7 @@ from .load import (
     in_table,
     load,
 )
+from .status import race_lines
 from .tables import TABLE_FUNCTIONS, TABLES
 
 log = logging.getLogger(__name__)
