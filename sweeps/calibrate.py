@@ -146,32 +146,6 @@ def choose(rows: Sequence[Row], tolerance: float = TOLERANCE) -> int:
     return min(r.n for r in rows if r.throughput >= (1 - tolerance) * best)
 
 
-# ---- dealing trials into packs ---------------------------------------------------------------
-def deal(groups: Sequence[Sequence[Any]], size: int | Sequence[int], slots: int
-         ) -> list[list[Any]]:
-    """Balanced packs of at most `size` members (per group, or one for all) from compatible
-    `groups`: each group gets at least ceil(len / size) packs; then, while there are fewer
-    packs than `slots` (trials that run at once), or than a whole multiple of them, and fewer
-    than trials, the group with the largest packs gets one more. Within a group, pack sizes
-    differ by at most one; the order is kept."""
-    sizes = [size] * len(groups) if isinstance(size, int) else list(size)
-    counts = [len(g) for g in groups]
-    packs = [-(-c // max(1, s)) if c else 0 for c, s in zip(counts, sizes, strict=True)]
-    # enough packs to fill the slots, and a whole number of rounds of them
-    slots = max(1, slots)
-    target = min(sum(counts), max(slots, slots * -(-sum(packs) // slots)))
-    while sum(packs) < target:
-        widest = max((i for i in range(len(groups)) if packs[i] < counts[i]),
-                     key=lambda i: -(-counts[i] // packs[i]))
-        packs[widest] += 1
-    out: list[list[Any]] = []
-    for g, p in zip(groups, packs, strict=True):
-        g = list(g)
-        for j in range(p):
-            out.append(g[j * len(g) // p:(j + 1) * len(g) // p])
-    return out
-
-
 # ---- real steps -------------------------------------------------------------------------------
 def cache_file(cfg: TrainConfig) -> Path:
     env = os.environ.get("QIMERA_CALIBRATION")
@@ -229,7 +203,7 @@ def calibrate_local(cfg: TrainConfig, limit: int | None = None, *,
     import torch
 
     from qimera_core.builders import resolve_device
-    from qimera_core.train import Trial    # (qimera_core.step once train is split)
+    from qimera_core.train import Trial  # (qimera_core.step once train is split)
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

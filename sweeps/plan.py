@@ -181,7 +181,6 @@ def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
     measured) deals each kind into balanced packs of at most that size, over the slots;
     without it, or where it gives None, auto_pack_size's fixed rule."""
     from qimera_core import pack
-    from sweeps import calibrate
     flag = "auto" if args.pack is None else args.pack
     if flag == "off":
         return [[c] for c in todo]
@@ -196,7 +195,32 @@ def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
         else:
             measured.append(same)
             sizes.append(size)
-    return calibrate.deal(measured, sizes, max(1, slots - len(packs))) + packs
+    return deal(measured, sizes, max(1, slots - len(packs))) + packs
+
+
+def deal(groups: Sequence[Sequence[Any]], size: int | Sequence[int], slots: int
+         ) -> list[list[Any]]:
+    """Balanced packs of at most `size` members (per group, or one for all) from compatible
+    `groups`: each group gets at least ceil(len / size) packs; then, while there are fewer
+    packs than `slots` (trials that run at once), or than a whole multiple of them, and fewer
+    than trials, the group with the largest packs gets one more. Within a group, pack sizes
+    differ by at most one; the order is kept."""
+    sizes = [size] * len(groups) if isinstance(size, int) else list(size)
+    counts = [len(g) for g in groups]
+    packs = [-(-c // max(1, s)) if c else 0 for c, s in zip(counts, sizes, strict=True)]
+    # enough packs to fill the slots, and a whole number of rounds of them
+    slots = max(1, slots)
+    target = min(sum(counts), max(slots, slots * -(-sum(packs) // slots)))
+    while sum(packs) < target:
+        widest = max((i for i in range(len(groups)) if packs[i] < counts[i]),
+                     key=lambda i: -(-counts[i] // packs[i]))
+        packs[widest] += 1
+    out: list[list[Any]] = []
+    for g, p in zip(groups, packs, strict=True):
+        g = list(g)
+        for j in range(p):
+            out.append(g[j * len(g) // p:(j + 1) * len(g) // p])
+    return out
 
 
 def auto_pack_size(cfg: TrainConfig, count: int, gpus: float, slots: int) -> int:

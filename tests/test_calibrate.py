@@ -7,7 +7,8 @@ import json
 import pytest
 
 from sweeps import calibrate
-from sweeps.calibrate import CalibrationError, Row, choose, deal, measure
+from sweeps.calibrate import CalibrationError, Row, choose, measure
+from sweeps.plan import deal
 
 
 class FakeClock:
