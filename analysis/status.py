@@ -41,7 +41,8 @@ def summary(results: Results) -> pd.DataFrame:
 def status_line(results: Results) -> str:
     """'12 trials: 10 ok, 1 error, 1 diverged, 0 stopped, 2 running; 0.42 GPU-h, 1.3 h wall'."""
     s = summary(results).iloc[-1]
-    return (f"{s['trials']} trials: {s['ok']} ok, {s['error']} error, {s['diverged']} diverged, {s['stopped']} stopped, "
+    return (f"{s['trials']} trials: {s['ok']} ok, {s['error']} error, {s['diverged']} diverged, "
+            f"{s['stopped']} stopped, "
             f"{s['running']} running; {s['gpu_hours']:.2f} GPU-h, {s['wall_hours']:.2f} h wall")
 
 
