@@ -32,8 +32,9 @@ import flops  # bench/flops.py (this script's folder is on sys.path)
 import step_time as step_bench  # bench/step_time.py: the conv probe
 import torch
 
+from qimera_core.builders import resolve_device
 from qimera_core.config import build
-from qimera_core.train import Trial, resolve_device
+from qimera_core.step import Trial
 
 P = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85)
 K = (2, 10, 25, 100)

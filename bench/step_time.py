@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from qimera_core import quant
+from qimera_core.builders import resolve_device
 from qimera_core.config import build
-from qimera_core.train import Trial, resolve_device
+from qimera_core.step import Trial
 
 
 def _sync(device: torch.device) -> Callable[[], None]:

@@ -30,7 +30,7 @@ def run_one(preset: str, batch_size: int, steps: int, threads: int) -> dict[str,
 
     from qimera_core import quant
     from qimera_core.config import build
-    from qimera_core.train import Trial
+    from qimera_core.step import Trial
 
     torch.set_num_threads(threads)
     cfg = build(preset, teacher_weights="random", eval_data="synthetic", device="cpu",

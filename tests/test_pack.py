@@ -7,7 +7,8 @@ import torch
 
 from qimera_core import checkpoint, models, pack
 from qimera_core.config import build
-from qimera_core.train import Trial, train, train_pack
+from qimera_core.step import Trial
+from qimera_core.train import train, train_pack
 
 CPU = torch.device("cpu")
 # Conv biases that feed a train-mode BatchNorm: their true gradient is exactly zero, so what

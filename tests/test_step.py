@@ -17,7 +17,8 @@ from torch import nn
 from qimera_core import quant
 from qimera_core.generator import Latents
 from qimera_core.config import build
-from qimera_core.train import Trial, lr_factor, train
+from qimera_core.step import Trial
+from qimera_core.train import lr_factor, train
 
 CPU = torch.device("cpu")
 

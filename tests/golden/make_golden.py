@@ -45,7 +45,7 @@ def _update(before: list[torch.Tensor], m: torch.nn.Module) -> dict[str, float]:
 
 def record() -> dict:
     from qimera_core.config import build
-    from qimera_core.train import Trial
+    from qimera_core.step import Trial
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)              # one thread: no reduction-order differences
