@@ -131,8 +131,9 @@ class GroupState:
 
 
 def groups(blocks: Sequence[Block]) -> dict[str, list[Cell]]:
-    """The race groups of a table's chosen blocks: one per setting (rows `<setting>/<variant>`,
-    such as the main table's GDFQ and Qimera rows, race together), as the tables pick a best."""
+    """The race groups of a table's chosen blocks, by the setting the tables label them with
+    ("CIFAR-10 ResNet-20 4w4a"), as the tables pick a best: rows `<setting>/<variant>`, such
+    as the main table's GDFQ and Qimera rows, race together."""
     from analysis.load import add_labels
     from analysis.raced import RACE_CELL_FIELDS
     out: dict[str, list[Cell]] = {}
@@ -143,7 +144,7 @@ def groups(blocks: Sequence[Block]) -> dict[str, list[Cell]]:
             fields = {k: _plain(lab[k]) for k in RACE_CELL_FIELDS if k in lab}
             text = " ".join(f"{a}={_plain(getattr(cfg, a))}" for a in block.grid) or \
                 str(lab["method_label"])
-            out.setdefault(block.row.split("/")[0], []).append(
+            out.setdefault(str(fields["setting"]), []).append(
                 Cell(cfg, f"{block.row.split('/')[-1]} {text}" if "/" in block.row else text,
                      fields))
     return out

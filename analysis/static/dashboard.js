@@ -34,6 +34,7 @@ function cellLines(c) {
   }
   if (c.state === "pending") return ["pending", done ? `done: ${done}` : ""];
   if (c.state === "finished") {
+    if (c.race_out) return [`${done} · ${c.race_out}`, `best ${fmt(c.best_mean)}`];
     const cmp = c.paper === null ? `best ${fmt(c.best_mean)}`
       : `best ${fmt(c.best_mean)} · paper ${fmt(c.paper)} · Δbest ${sign(c.delta_best)}`;
     return [done, cmp];
