@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,16 +111,25 @@ def to_latex(table: PaperTable) -> str:
 
 
 def write_table(table: PaperTable, out_dir: Path, formats: list[str]) -> list[Path]:
+    written = write_files(out_dir, table.name, formats, lambda path: to_csv(table, path),
+                          lambda: to_markdown(table), lambda: to_latex(table))
+    log.info("wrote %s", ", ".join(str(p) for p in written))
+    return written
+
+
+def write_files(out_dir: Path, stem: str, formats: list[str], csv: Callable[[Path], Any],
+                md: Callable[[], str], tex: Callable[[], str]) -> list[Path]:
+    """`out_dir/stem.{csv,md,tex}` for the chosen formats: `csv` writes its file, `md` and
+    `tex` return the text."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt in formats:
-        path = out_dir / f"{table.name}.{fmt}"
+        path = out_dir / f"{stem}.{fmt}"
         if fmt == "csv":
-            to_csv(table, path)
+            csv(path)
         else:
-            path.write_text(to_markdown(table) if fmt == "md" else to_latex(table), "utf-8")
+            path.write_text(md() if fmt == "md" else tex(), "utf-8")
         written.append(path)
-    log.info("wrote %s", ", ".join(str(p) for p in written))
     return written
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import effects
 from .cells import TOP_MARK, PaperTable
-from .render import latex_escape
+from .render import latex_escape, write_files
 
 CSV_COLUMNS = ["table", "part", "setting", "item", "test", "effect", "ci_low", "ci_high",
                "effect_unit", "p", "verdict", "seeds_per_cell", "seeds_needed", "note"]
@@ -168,13 +168,6 @@ def to_latex(r: Resolution) -> str:
 
 
 def write(r: Resolution, out_dir: Path, formats: list[str]) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt in formats:
-        path = out_dir / f"{r.table}-stats.{fmt}"
-        if fmt == "csv":
-            to_frame(r).to_csv(path, index=False)
-        else:
-            path.write_text(to_markdown(r) if fmt == "md" else to_latex(r), "utf-8")
-        written.append(path)
-    return written
+    return write_files(out_dir, f"{r.table}-stats", formats,
+                       lambda path: to_frame(r).to_csv(path, index=False),
+                       lambda: to_markdown(r), lambda: to_latex(r))
