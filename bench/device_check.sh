@@ -1,77 +1,105 @@
 #!/usr/bin/env bash
-# Everything GPU-only, measured in one call of under 8 minutes on a single-GPU machine:
-#   1. the GPU tests (pytest -m gpu);
-#   2. the GPU part of the pack benchmark: CIFAR ResNet-20 4w4a, batch 200, packs of 1..16
-#      (trials/h, ratio to one trial, peak memory per member), and 4 single-trial processes
-#      sharing the GPU (what --gpus-per-trial 0.25 does), for comparison;
-#   3. the --pack auto calibration (sweeps.calibrate) of the CIFAR ResNet-20 kind: its table and
-#      the size it chooses (OUT_DIR/calibration.json);
-#   4. a CIFAR-10 run of 2,000 steps with the akamaster ResNet-20 teacher (teacher and final
-#      top-1 on the first 1000 test images).
-# First the environment (bench/device_env.py -> OUT_DIR/env.json: torch, CUDA, cuDNN, GPU,
-# memory, TF32 flags); on a machine without CUDA it stops there, writing device_check.json and
-# summary.txt that say why, and exits 0. Then a summary. Usage, from the repository root, with the project installed:
-#   DATA=../shared/data bash bench/device_check.sh [OUT_DIR]
-# DATA holds resnet20_cifar10_akamaster.th and cifar10-test-first1000.npz (see ../shared/data);
-# without them step 4 is skipped, saying so.
+# Everything GPU-only, measured in one call of under 8 minutes on a single-GPU machine. The
+# parts (bench/device_probe.py PART, each writing OUT_DIR/PART.json and OUT_DIR/PART.txt) run in
+# this order, each behind its own `timeout`, all within BUDGET_S (default 450 s) in total:
+#   env        torch, CUDA, cuDNN, GPU, memory, TF32 flags (bench/device_env.py)
+#   gpu-tests  pytest -m gpu                                                          (40 s)
+#   pair       a pack of N = 2 against the same two trials stepped separately         (40 s)
+#   convs      our conv shapes, grouped over N = 8 members against a loop of 8 convs,
+#              forward + backward, fp32 / TF32 / bf16                                 (60 s)
+#   curve      t(N) and peak memory, N = 1, 2, 4, 8, 16, 32 (48, 64 if time and memory
+#              allow)                                                                 (90 s)
+#   procs      one trial alone against 4 processes of one trial at 1/4 GPU each       (60 s)
+#   profile    torch.profiler at N = 16: kernels per step, top 10 kernels, GPU-busy     (45 s)
+#   calibrate  the --pack auto calibration (sweeps.calibrate) of the CIFAR kind        (75 s)
+#   train      python -m qimera_core.train, CIFAR-10 ResNet-20 4w4a, 2,000 steps       (150 s)
+#   compile    last: the packed step at N = 8 under torch.compile against eager        (90 s)
+# (the seconds are each part's cap; a part gets less when the total budget runs short, and is
+# skipped, saying so, with under 20 s left). All use the cifar10-resnet20-4w4a preset at batch
+# 200 per member with random teacher weights and synthetic eval data (nothing is downloaded);
+# `train` uses the akamaster ResNet-20 and the first 1000 CIFAR-10 test images instead when DATA
+# holds resnet20_cifar10_akamaster.th and cifar10-test-first1000.npz. Then OUT_DIR/summary.txt
+# (a table) and OUT_DIR/device_check.json (every part, its exit status and seconds).
+# Without CUDA it stops after env, writing device_check.json and summary.txt that say why,
+# and exits 0. Usage, from anywhere, with the project installed:
+#   [DATA=../shared/data] bash bench/device_check.sh [OUT_DIR]    # OUT_DIR: $OUT if set, else
+#                                                                 # the argument, else /tmp/...
+#   DEVICE=cpu QUICK=1 CAP_SCALE=4 bash bench/device_check.sh DIR   # a rehearsal of every
+#       part on a CPU, tiny sizes: the logic, not the speed (CAP_SCALE multiplies the caps and
+#       the default budget)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-${OUT:-/tmp/qimera-device-check}}
-data=${DATA:-../shared/data}
+out=${OUT:-${1:-/tmp/qimera-device-check}}
+data=${DATA:-$([ -d shared/data ] && echo shared/data || echo ../shared/data)}
+device=${DEVICE:-cuda}
+quick=(); [ -n "${QUICK:-}" ] && quick=(--quick)
+scale=${CAP_SCALE:-1}                    # the caps x this (a CPU rehearsal needs more)
+budget=${BUDGET_S:-$((450 * scale))}
+deadline=$((SECONDS + budget))
 mkdir -p "$out"
+rm -f "$out/parts.jsonl"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 log() { printf '\n=== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+record() {   # part rc seconds why
+  printf '{"part": "%s", "rc": %s, "seconds": %s, "why": "%s"}\n' "$1" "$2" "$3" "$4" \
+      >> "$out/parts.jsonl"
+}
+
+# part NAME CAP_S COMMAND...: run COMMAND behind `timeout` (CAP_S or what the budget has left),
+# its output in OUT_DIR/NAME.txt, its exit status and seconds in OUT_DIR/parts.jsonl.
+part() {
+  local name=$1 cap=$2; shift 2
+  local left=$((deadline - SECONDS - 10))     # 10 s kept for the summary
+  if [ "$left" -lt 20 ]; then
+    log "$name: skipped, ${left} s left of the ${budget} s budget"
+    record "$name" null 0 "skipped: under 20 s left of the ${budget} s budget"
+    return
+  fi
+  cap=$((cap * scale))
+  [ "$cap" -gt "$left" ] && cap=$left
+  log "$name (timeout ${cap} s)"
+  local t0=$SECONDS
+  timeout -k 5 "$cap" "$@" > "$out/$name.txt" 2>&1
+  local rc=$?
+  tail -n 25 "$out/$name.txt"
+  local why=""
+  case $rc in
+    0) ;;
+    124|137) why="timed out after ${cap} s"
+             [ -f "$out/$name.json" ] && why="$why (what it measured before is in $name.json)" ;;
+    *) why="failed with exit status $rc (see $name.txt)" ;;
+  esac
+  record "$name" "$rc" $((SECONDS - t0)) "$why"
+}
 
 log "environment"
 "$py" bench/device_env.py "$out/env.json"
 rc=$?
-if [ "$rc" = 3 ]; then       # no CUDA: say why, write the JSON and the summary, exit cleanly
+if [ "$rc" = 3 ] && [ "$device" = cuda ]; then   # no CUDA: say why, write the JSON and summary
   "$py" -c "import json,sys; d=json.load(open(sys.argv[1])); print('skipped:', d['skipped'])" \
       "$out/env.json" | tee "$out/summary.txt"
   cp "$out/env.json" "$out/device_check.json"
   exit 0
-elif [ "$rc" != 0 ]; then
+elif [ "$rc" != 0 ] && [ "$rc" != 3 ]; then
   echo "bench/device_env.py failed ($rc)"; exit 2
 fi
 
-log "GPU tests"
-timeout 120 "$py" -m pytest -q -m gpu tests 2>&1 | tail -n 15 | tee "$out/gpu-tests.txt"
+probe=("$py" bench/device_probe.py)
+opts=(--device "$device" --out "$out" "${quick[@]}")
 
-log "packs on the GPU: CIFAR ResNet-20 4w4a, batch 200"
-timeout 150 "$py" bench/pack_throughput.py direct --device cuda --shape cifar \
-    --sizes 1,2,4,8,16 --steps 8 2>&1 | tee "$out/pack-gpu.txt"
-
-log "4 processes of one trial sharing the GPU"
-timeout 120 "$py" bench/pack_throughput.py fractional --procs 4 --steps 40 2>&1 \
-    | tee "$out/fractional-gpu.txt"
-
-log "the --pack auto calibration's choice: CIFAR ResNet-20 4w4a, batch 200, random teacher"
-timeout 150 "$py" -c "
-import json, sys
-from qimera_core.config import build
-from sweeps import calibrate
-cfg = build('cifar10-resnet20-4w4a', teacher_weights='random', device='cuda')
-cal = calibrate.calibrate_local(cfg, use_cache=False)
-print(cal.table())
-json.dump(cal.to_json(), open(sys.argv[1], 'w'), indent=1)
-" "$out/calibration.json" 2>&1 | tee "$out/calibration.txt"
-
-log "CIFAR-10, akamaster ResNet-20 teacher, 2,000 steps"
-if [ -f "$data/resnet20_cifar10_akamaster.th" ] && [ -f "$data/cifar10-test-first1000.npz" ]; then
-  rm -rf "$out/cifar10-run"
-  timeout 200 "$py" -m qimera_core.train --preset cifar10-resnet20-4w4a \
-      --teacher resnet20_cifar10_a --teacher-weights "$data/resnet20_cifar10_akamaster.th" \
-      --eval-data "npz:$data/cifar10-test-first1000.npz" --device cuda \
-      --epochs 10 --steps-per-epoch 200 --warmup-epochs 2 --act-range-epochs 2 \
-      --lr-milestones 8 --out "$out/cifar10-run" 2>&1 | tail -n 4 | tee "$out/cifar10-run.txt"
-else
-  echo "skipped: $data lacks the akamaster checkpoint or the CIFAR-10 file" | tee "$out/cifar10-run.txt"
+if [ "$device" = cuda ]; then
+  part gpu-tests 40 "$py" -m pytest -q -m gpu tests
 fi
+part pair 40 "${probe[@]}" pair "${opts[@]}"
+part convs 60 "${probe[@]}" convs "${opts[@]}" --sizes 8
+part curve 90 "${probe[@]}" curve "${opts[@]}" --budget-s 70
+part procs 60 "${probe[@]}" procs "${opts[@]}" --procs 4 --steps 40
+part profile 45 "${probe[@]}" profile "${opts[@]}" --n 16
+part calibrate 75 "${probe[@]}" calibrate "${opts[@]}" --budget-s 45
+part train 150 "${probe[@]}" train "${opts[@]}" --data "$data"
+part compile 90 "${probe[@]}" compile "${opts[@]}" --n 8
 
 log "summary"
-grep -hE "passed|failed|skipped" "$out/gpu-tests.txt" | tail -n 1
-grep -hE "^ +[0-9]+ " "$out/pack-gpu.txt"
-tail -n 1 "$out/fractional-gpu.txt"
-head -n 1 "$out/calibration.txt"
-grep -h "teacher top-1" "$out/cifar10-run.txt" || tail -n 1 "$out/cifar10-run.txt"
+"$py" bench/device_probe.py summary --out "$out"
+echo "(in $out: summary.txt, device_check.json, and each part's .json and .txt; ${SECONDS} s)"
