@@ -8,10 +8,10 @@
 #   convs      our conv shapes, grouped over N = 8 members against a loop of 8 convs,
 #              forward + backward, fp32 / TF32 / bf16                                 (60 s)
 #   curve      t(N) and peak memory, N = 1, 2, 4, 8, 16, 32 (48, 64 if time and memory
-#              allow)                                                                 (90 s)
+#              allow)                                                                 (80 s)
 #   procs      one trial alone against 4 processes of one trial at 1/4 GPU each       (60 s)
-#   profile    torch.profiler at N = 16: kernels per step, top 10 kernels, GPU-busy     (45 s)
-#   calibrate  the --pack auto calibration (sweeps.calibrate) of the CIFAR kind        (75 s)
+#   profile    torch.profiler at N = 16: kernels per step, top 10 kernels, GPU-busy     (40 s)
+#   calibrate  the --pack auto calibration (sweeps.calibrate) of the CIFAR kind        (60 s)
 #   train      python -m qimera_core.train, CIFAR-10 ResNet-20 4w4a, 2,000 steps       (150 s)
 #   compile    last: the packed step at N = 8 under torch.compile against eager        (90 s)
 # (the seconds are each part's cap; a part gets less when the total budget runs short, and is
@@ -93,10 +93,10 @@ if [ "$device" = cuda ]; then
 fi
 part pair 40 "${probe[@]}" pair "${opts[@]}"
 part convs 60 "${probe[@]}" convs "${opts[@]}" --sizes 8
-part curve 90 "${probe[@]}" curve "${opts[@]}" --budget-s 70
+part curve 80 "${probe[@]}" curve "${opts[@]}" --budget-s 60
 part procs 60 "${probe[@]}" procs "${opts[@]}" --procs 4 --steps 40
-part profile 45 "${probe[@]}" profile "${opts[@]}" --n 16
-part calibrate 75 "${probe[@]}" calibrate "${opts[@]}" --budget-s 45
+part profile 40 "${probe[@]}" profile "${opts[@]}" --n 16
+part calibrate 60 "${probe[@]}" calibrate "${opts[@]}" --budget-s 35
 part train 150 "${probe[@]}" train "${opts[@]}" --data "$data"
 part compile 90 "${probe[@]}" compile "${opts[@]}" --n 8
 

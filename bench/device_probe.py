@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -131,6 +132,7 @@ def main_step(trial: Trial) -> Callable[[], object]:
 
 
 def _reset_peak(s: Setup) -> None:
+    gc.collect()                        # the last trial's tensors, cycles included
     if s.cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(s.device)
@@ -254,7 +256,7 @@ def convs(s: Setup, sizes: tuple[int, ...] = (8,)) -> dict[str, Any]:
 
 
 # ---- 3. curve: t(N) and peak memory ------------------------------------------------------------
-def curve(s: Setup, sizes: tuple[int, ...] = CURVE_SIZES, budget_s: float = 80.0) -> dict[str, Any]:
+def curve(s: Setup, sizes: tuple[int, ...] = CURVE_SIZES, budget_s: float = 60.0) -> dict[str, Any]:
     warmup, steps = _steps(s, (3, 10))
     sizes = (1, 2) if s.quick else sizes
     total = torch.cuda.get_device_properties(s.device).total_memory if s.cuda else None
@@ -279,8 +281,9 @@ def curve(s: Setup, sizes: tuple[int, ...] = CURVE_SIZES, budget_s: float = 80.0
         try:
             trial = s.trial(n)
             t = time_block(main_step(trial), s, warmup, steps)
-        except torch.cuda.OutOfMemoryError as e:
-            res["stop"] = f"N = {n} ran out of memory ({str(e).splitlines()[0][:120]})"
+        except RuntimeError as e:      # torch.cuda.OutOfMemoryError, or cuDNN's own
+            what = "ran out of memory" if "out of memory" in str(e) else "failed"
+            res["stop"] = f"N = {n} {what} ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
             break
         finally:
             trial = None
@@ -316,6 +319,8 @@ def profile(s: Setup, n: int = 16) -> dict[str, Any]:
             step()
         s.sync()
         wall = time.perf_counter() - t0
+    res["wall_ms_per_step"] = 1e3 * wall / steps
+    s.write("profile", res)                    # (reading the events takes a while)
     events = prof.events()
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
     launches = [e for e in events if e.device_type == DeviceType.CPU and "LaunchKernel" in e.name]
@@ -366,10 +371,14 @@ def procs(s: Setup, k: int = 4, steps: int = 40) -> dict[str, Any]:
                 for _ in range(k)]
     try:
         for c in children:                       # each warmed up and waiting at the barrier
-            line = c.stdout.readline().strip()
-            if line != "ready":
-                raise RuntimeError(f"a child process did not get ready (said {line!r}, "
-                                   f"exit {c.poll()})")
+            said = []
+            for line in iter(c.stdout.readline, ""):     # up to "ready", or the end
+                if line.strip() == "ready":
+                    break
+                said.append(line.strip())
+            else:
+                raise RuntimeError(f"a child process exited {c.wait()} before it was "
+                                   f"ready: {' | '.join(said)[-300:]}")
         for c in children:
             c.stdin.write("go\n")
             c.stdin.flush()
@@ -408,7 +417,7 @@ def _child(args: argparse.Namespace) -> None:
 
 
 # ---- 6. calibrate -------------------------------------------------------------------------------
-def calibrate(s: Setup, budget_s: float = 45.0) -> dict[str, Any]:
+def calibrate(s: Setup, budget_s: float = 35.0) -> dict[str, Any]:
     from sweeps import calibrate as cal_mod
     os.environ.setdefault("QIMERA_CALIBRATION", str(s.out / "calibration-cache.json"))
     cfg = s.config()
@@ -602,9 +611,9 @@ def summarize(out: Path) -> dict[str, Any]:
         head["calibrated_size"] = c.get("size")
     if (t := parts["train"]) and "steps_per_s_wall" in t:
         fin = t["final"]
-        lines += ["", f"CIFAR-10 run, {t['steps']} steps: {t['steps_per_s_training']:.1f} "
-                      f"steps/s training (last epoch), {t['steps_per_s_run']:.1f} with "
-                      f"evaluation, {t['steps_per_s_wall']:.1f} with setup ({t['wall_s']:.0f} "
+        lines += ["", f"CIFAR-10 run, {t['steps']} steps: {t['steps_per_s_training']:.3g} "
+                      f"steps/s training (last epoch), {t['steps_per_s_run']:.3g} with "
+                      f"evaluation, {t['steps_per_s_wall']:.3g} with setup ({t['wall_s']:.0f} "
                       f"s); status {t['status']}; teacher top-1 "
                       f"{_f(fin.get('teacher_top1'), '.2f')}, final top-1 "
                       f"{_f(fin.get('top1'), '.2f')}"
