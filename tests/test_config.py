@@ -7,8 +7,15 @@ import json
 
 import pytest
 
-from qimera_core.config import (GDFQ_SWITCHES, OFFICIAL_EMB_INIT, PRESETS, TrainConfig,
-                                add_config_flags, build, overrides_from_args)
+from qimera_core.config import (
+    GDFQ_SWITCHES,
+    OFFICIAL_EMB_INIT,
+    PRESETS,
+    TrainConfig,
+    add_config_flags,
+    build,
+    overrides_from_args,
+)
 
 
 @pytest.mark.parametrize("kw,needle", [

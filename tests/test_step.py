@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from qimera_core import quant
-from qimera_core.generator import Latents
 from qimera_core.config import build
+from qimera_core.generator import Latents
 from qimera_core.step import Trial
 from qimera_core.train import lr_factor, train
 
