@@ -94,8 +94,10 @@ def _one_axis(d: pd.DataFrame, setting: str, axis: str, label: str, others: list
     if fit.df_resid < _MIN_RESID_DF:
         return {**row, "note": f"no residual degrees of freedom ({len(d)} runs)"}
     row["p"] = _anova_p(fit, f"C({x})", robust)
-    row["test"] = ("type-II ANOVA, OLS " + " + ".join([f"C({axis})", *terms]).replace(x, axis)
-                   + (", HC3" if robust else ""))
+    named = " + ".join([f"C({x})", *terms])
+    for a in [axis, *others]:                       # the formula's safe names back to columns
+        named = named.replace(_safe(a), a)
+    row["test"] = "type-II ANOVA, OLS " + named + (", HC3" if robust else "")
     numeric = pd.api.types.is_numeric_dtype(d[axis])
     if numeric:
         f, unit = _SCALE.get(axis, (lambda v: v, f"per unit of {label}"))
