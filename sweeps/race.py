@@ -40,9 +40,6 @@ RACE_FLAGS = (("n0", "--n0"), ("max_seeds", "--max-seeds"), ("alpha", "--alpha")
               ("max_rounds", "--max-rounds"), ("kill_after_round", "--kill-after-round"))
 
 
-
-
-
 class RaceError(ValueError):
     """A race that cannot run as asked; the message names the flag and the fix."""
 
