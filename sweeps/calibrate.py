@@ -203,7 +203,7 @@ def calibrate_local(cfg: TrainConfig, limit: int | None = None, *,
     import torch
 
     from qimera_core.builders import resolve_device
-    from qimera_core.train import Trial  # (qimera_core.step once train is split)
+    from qimera_core.step import Trial
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -271,12 +271,12 @@ def _available_bytes() -> float:
 
 
 def calibrate_on_ray(cfg: TrainConfig, limit: int | None, cpus: int, gpus: float,
-                     timeout_s: float = TIMEOUT_S) -> Calibration:
+                     timeout_s: float = TIMEOUT_S, use_cache: bool = True) -> Calibration:
     """calibrate_local as a Ray task with a trial's resources (`gpus`: one pack's share);
     raises CalibrationError when the task fails or times out."""
     import ray
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_task)
-    ref = task.remote(cfg.to_dict(), limit)
+    ref = task.remote(cfg.to_dict(), limit, use_cache)
     try:
         d = ray.get(ref, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
@@ -293,15 +293,17 @@ def _fresh(d: dict[str, Any]) -> Calibration:
     return cal
 
 
-def _task(cfg_dict: dict[str, Any], limit: int | None) -> dict[str, Any]:
-    cal = calibrate_local(TrainConfig.from_dict(cfg_dict), limit)
+def _task(cfg_dict: dict[str, Any], limit: int | None, use_cache: bool) -> dict[str, Any]:
+    cal = calibrate_local(TrainConfig.from_dict(cfg_dict), limit, use_cache=use_cache)
     return {**cal.to_json(), "cached_": cal.cached}
 
 
 def sweep_measure(gpus: dict[str, float], cpus: int, say: Callable[[str], None] = print,
-                  timeout_s: float = TIMEOUT_S) -> Callable[[TrainConfig, int], int | None]:
+                  timeout_s: float = TIMEOUT_S, use_cache: bool = True,
+                  ) -> Callable[[TrainConfig, int], int | None]:
     """For sweeps.plan.plan_packs: the measured pack size of a kind (a Ray task per kind and
-    device, or its cached result), its table printed; None, saying so, when it fails."""
+    device, or its cached result unless `use_cache` is off: --recalibrate), its table
+    printed; None, saying so, when it fails."""
     from sweeps.plan import place
 
     def measure(cfg: TrainConfig, count: int) -> int | None:
@@ -311,7 +313,7 @@ def sweep_measure(gpus: dict[str, float], cpus: int, say: Callable[[str], None] 
         share = gpus[cfg.teacher]
         try:
             cal = calibrate_on_ray(placed, count, cpus, min(1.0, share * count) if share else 0,
-                                   timeout_s=timeout_s)
+                                   timeout_s=timeout_s, use_cache=use_cache)
         except CalibrationError as e:
             say(f"pack calibration of {cfg.teacher} failed ({e}); packing by the fixed rule "
                 "instead (sweeps.plan.auto_pack_size)")

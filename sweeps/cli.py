@@ -116,6 +116,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                         "seed...) together in one process and one Tune trial; auto (default "
                         "for tables) picks N from the device, see the README; off = 1. "
                         "Search mode always runs trials alone")
+    g.add_argument("--recalibrate", action="store_true",
+                   help="with --pack auto: measure the pack curves again and replace the "
+                        "cached ones (after a driver or hardware change, or a measurement "
+                        "taken while other jobs loaded the node)")
     g.add_argument("--max-concurrent", type=int, default=0,
                    help="at most this many trials at once (default 0: as resources allow)")
     g.add_argument("--max-failures", type=int, default=3,

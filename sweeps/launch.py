@@ -232,7 +232,8 @@ def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace,
     shared.check_nodes(args.storage, todo)          # multi-node: shared storage, cache
     cluster = ray.cluster_resources()
     gpus = gpus_by_teacher(todo, args, cluster.get("GPU", 0))
-    measure = (calibrate.sweep_measure(gpus, args.cpus_per_trial)
+    measure = (calibrate.sweep_measure(gpus, args.cpus_per_trial,
+                                       use_cache=not args.recalibrate)
                if args.pack in (None, "auto") else None)
     packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args), measure)
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "

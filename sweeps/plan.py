@@ -87,6 +87,9 @@ def check_run_flags(args: argparse.Namespace) -> None:
         if value is not None and value < low:
             raise GridError(f"--{key.replace('_', '-')} must be >= {low} ({meaning}), "
                             f"got {value:g}")
+    if getattr(args, "recalibrate", False) and getattr(args, "pack", None) not in (None, "auto"):
+        raise GridError(f"--recalibrate measures the pack size again, but --pack "
+                        f"{args.pack} fixes it; drop --pack (auto) or drop --recalibrate")
     if args.results.exists() and not args.results.is_dir():
         raise GridError(f"--results {args.results} is a file; pass a directory (it is created)")
     local = Path(args.storage.removeprefix("file://")).expanduser()

@@ -145,3 +145,30 @@ def test_calibrate_local_measures_real_steps_then_reads_the_cache(tmp_path, monk
     assert all(r.step_s > 0 for r in cal.rows) and cal.rows[0].peak_bytes > 0
     again = calibrate.calibrate_local(cfg, limit=2)
     assert again.cached and again.size == cal.size and again.key == cal.key
+    fresh = calibrate.calibrate_local(cfg, limit=2, budget_s=20, use_cache=False)  # --recalibrate
+    assert not fresh.cached and fresh.key == cal.key
+    stored = json.loads((tmp_path / "cal.json").read_text())[cal.key]
+    assert [r["step_s"] for r in stored["rows"]] == [r.step_s for r in fresh.rows]  # replaced
+
+
+def test_recalibrate_reaches_the_ray_task_and_needs_pack_auto(monkeypatch, tmp_path):
+    from qimera_core.config import build
+    from sweeps import cli, plan
+    seen = []
+
+    def fake(cfg, limit, cpus, gpus, timeout_s, use_cache):
+        seen.append(use_cache)
+        return calibrate.Calibration(key="k", device="d", rows=[calibrate.Row(1, 0.1, 1.0)],
+                                     size=1, stop="")
+    monkeypatch.setattr(calibrate, "calibrate_on_ray", fake)
+    cfg = build("digits-smoke", teacher_weights="random", device="cpu")
+    gpus = {cfg.teacher: 0.0}
+    calibrate.sweep_measure(gpus, 1, say=lambda s: None)(cfg, 4)
+    calibrate.sweep_measure(gpus, 1, say=lambda s: None, use_cache=False)(cfg, 4)
+    assert seen == [True, False]
+    args = cli.build_parser("table9").parse_args(
+        ["--pack", "4", "--recalibrate", "--results", str(tmp_path / "r")])
+    with pytest.raises(plan.GridError, match="--recalibrate .* --pack 4 fixes it"):
+        plan.check_run_flags(args)
+    args = cli.build_parser("table9").parse_args(["--recalibrate", "--results", str(tmp_path)])
+    plan.check_run_flags(args)
