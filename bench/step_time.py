@@ -13,10 +13,10 @@ In the same process, between the step measurements, it probes what the machine c
 same threads: a square fp32 matmul, and the largest conv of the step (the generator's
 128->64 3x3 conv at full resolution) forward and forward+backward, in the step's memory
 format. FLOPs come from `torch.utils.flop_counter` with grouped conv backward counted per
-group (bench/flops.py; torch's own formula ignores groups there) (convs and matmuls; elementwise work,
-BatchNorm and fake-quantization count zero). Each phase's rate is its FLOPs over its median
-time; `of conv` is that rate over the conv probe's forward+backward rate. Compare these
-fractions, not seconds, between machines.
+group (bench/flops.py; torch's own formula ignores groups there) (convs and matmuls;
+elementwise work, BatchNorm and fake-quantization count zero). Each phase's rate is its FLOPs
+over its median time; `of conv` is that rate over the conv probe's forward+backward rate.
+Compare these fractions, not seconds, between machines.
 """
 
 from __future__ import annotations

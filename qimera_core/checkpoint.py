@@ -92,7 +92,8 @@ def load_trained(ckpt_dir: Path, device: str | torch.device = "cpu", member: int
     progress = state["progress"]
     live = [i for i, p in enumerate(progress) if not p["diverged"]]
     if member not in live:
-        raise ValueError(f"member {member} diverged at epoch {progress[member]['history'][-1]['epoch']}; "
+        epoch = progress[member]["history"][-1]["epoch"]
+        raise ValueError(f"member {member} diverged at epoch {epoch}; "
                          "the checkpoint keeps no state for it")
     cfg = TrainConfig.from_dict({**configs[member], "device": str(device)})
     teacher, student, generator = build_models(cfg, torch.device(device))

@@ -26,8 +26,14 @@ import torch
 
 from qimera_core import checkpoint, prepare, results
 from qimera_core.builders import resolve_device
-from qimera_core.config import (PRESETS, ArgumentParser, TrainConfig, add_config_flags, build,
-                                overrides_from_args)
+from qimera_core.config import (
+    PRESETS,
+    ArgumentParser,
+    TrainConfig,
+    add_config_flags,
+    build,
+    overrides_from_args,
+)
 from qimera_core.report import log_reporter
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     p = ArgumentParser(prog="python -m qimera_core.train", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named setting")
-    p.add_argument("--out", type=Path, required=True, help="run directory (result.json, checkpoint/)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="run directory (result.json, checkpoint/)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     add_config_flags(p)
     args = p.parse_args(argv)

@@ -21,7 +21,8 @@ METHODS = ("qimera", "gdfq")
 # The switches that turn Qimera into the GDFQ baseline (method doc §9.2).
 GDFQ_SWITCHES: dict[str, Any] = dict(mix_prob=0.0, dm_layers=0, emb_init="random",
                                      freeze_embeddings=False)
-EVAL_DATA = ("cifar10", "cifar100", "imagenet", "digits", "synthetic")  # plus npz:PATH, imagenet:PATH
+# plus npz:PATH and imagenet:PATH
+EVAL_DATA = ("cifar10", "cifar100", "imagenet", "digits", "synthetic")
 NORMALIZATIONS = ("auto", "cifar10", "cifar100", "imagenet", "digits", "none")
 DEVICES = ("auto", "cpu", "cuda")
 # Fields that say where or how fast a run happens, not what it computes: left out of the
@@ -45,7 +46,7 @@ class TrainConfig:
     # what to quantize and how to evaluate it
     teacher: str = "resnet20_cifar10"    # registry name, see qimera_core.models.TEACHERS
     teacher_weights: str = ""            # path; "" = prepared cache; "random" = random init (tests)
-    eval_data: str = "cifar10"           # cifar10 | cifar100 | imagenet[:VALDIR] | npz:PATH | digits
+    eval_data: str = "cifar10"           # cifar10|cifar100|imagenet[:VALDIR]|npz:PATH|digits
     normalization: str = "auto"          # test-image normalisation; auto = the teacher's own
     eval_batch_size: int = 200
     eval_limit: int = 0                  # evaluate on the first N images only (0 = all)
@@ -73,7 +74,7 @@ class TrainConfig:
     batch_size: int = 200
     warmup_epochs: int = 4               # generator-only epochs before the student trains;
                                          # start_top1 is measured at its end (NaN if 0)
-    act_range_epochs: int = 4            # activation ranges track (EMA) in these epochs, then freeze
+    act_range_epochs: int = 4            # activation ranges track (EMA) these epochs, then freeze
     act_range_mode: str = "official"     # official (compounding bias correction) | ema
     act_ema_beta: float = 0.9
     act_quant_sites: str = "call_site"   # call_site (a quantizer per ReLU call) | module (official)
@@ -107,7 +108,8 @@ class TrainConfig:
     # ---- construction ---------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build from a flat dict (a sweep trial, a Parquet row, a checkpoint). Unknown keys fail."""
+        """Build from a flat dict (a sweep trial, a Parquet row, a checkpoint); unknown keys
+        fail."""
         unknown = sorted(set(d) - FIELD_NAMES)
         if unknown:
             raise ValueError(f"unknown config keys {unknown}; valid keys are the TrainConfig "
@@ -217,7 +219,8 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
     _check(list(c.lr_milestones) == sorted(c.lr_milestones) and all(m > 0 for m in c.lr_milestones),
            f"lr_milestones must be increasing positive epochs, got {c.lr_milestones}")
     _check(c.kd_reduction in ("elementwise_mean", "batchmean"),
-           f"kd_reduction must be 'elementwise_mean' (official) or 'batchmean', got {c.kd_reduction!r}")
+           "kd_reduction must be 'elementwise_mean' (official) or 'batchmean', "
+           f"got {c.kd_reduction!r}")
     _check(c.eval_limit >= 0, f"eval_limit must be >= 0 (0 = all), got {c.eval_limit}")
     _check(c.eval_start_epoch >= 0, f"eval_start_epoch must be >= 0, got {c.eval_start_epoch}")
     _check(c.device in DEVICES or c.device.startswith("cuda:"),

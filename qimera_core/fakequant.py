@@ -28,7 +28,8 @@ def qparams(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def fake_quant_reference(x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-    """Quantize -> dequantize with plain ops (no autograd trick); the numerics everything matches."""
+    """Quantize -> dequantize with plain ops (no autograd trick): the numerics everything
+    matches."""
     scale, zp = qparams(lo, hi, bits)
     q = torch.clamp(torch.round(x * (1.0 / scale)) + zp, 0, 2**bits - 1)
     return (q - zp) * scale

@@ -159,7 +159,8 @@ class Generator(nn.Module):
         emb = embeddings.detach().clone().float() if embeddings is not None \
             else torch.randn(num_classes, latent_dim)
         if emb.shape != (num_classes, latent_dim):
-            raise ValueError(f"embeddings must be ({num_classes}, {latent_dim}), got {tuple(emb.shape)}")
+            raise ValueError(f"embeddings must be ({num_classes}, {latent_dim}), "
+                             f"got {tuple(emb.shape)}")
         if freeze_embeddings:
             self.register_buffer("embeddings", emb)
         else:

@@ -107,7 +107,8 @@ def test_readme_links_resolve():
 
 
 def test_docs_links_resolve_on_github():
-    broken = [f"{page.name}: {b}" for page in sorted(DOCS.glob("*.md")) for b in _broken_links(page)]
+    broken = [f"{page.name}: {b}"
+              for page in sorted(DOCS.glob("*.md")) for b in _broken_links(page)]
     assert not broken, "docs/ has broken relative links:\n" + "\n".join(broken)
 
 

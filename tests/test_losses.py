@@ -48,9 +48,10 @@ def test_bns_loss_is_zero_when_running_stats_equal_batch_stats():
     for _ in range(len([m for m in t.modules() if isinstance(m, nn.BatchNorm2d)])):
         # set each layer's running stats to the batch stats of its input, one layer at a time
         stats = []
-        hs = [bn.register_forward_pre_hook(
-            lambda m, i: stats.append((m, i[0].mean((0, 2, 3)), i[0].var((0, 2, 3), unbiased=False))))
-            for bn in t.modules() if isinstance(bn, nn.BatchNorm2d)]
+        def keep(m, i, stats=stats):
+            stats.append((m, i[0].mean((0, 2, 3)), i[0].var((0, 2, 3), unbiased=False)))
+        hs = [bn.register_forward_pre_hook(keep)
+              for bn in t.modules() if isinstance(bn, nn.BatchNorm2d)]
         t(x)
         for h in hs:
             h.remove()
