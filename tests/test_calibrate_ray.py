@@ -11,7 +11,7 @@ pytest.importorskip("ray")
 from sweeps import rows, table9  # noqa: E402
 from sweeps.launch import main  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_smoke_sweep_calibrates_caches_and_reuses(local_ray, digits_cache, tmp_path, capsys):

@@ -28,7 +28,7 @@ import pytest
 
 from qimera_core import results
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 PY_BIN = Path(sys.executable).parent

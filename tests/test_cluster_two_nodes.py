@@ -43,7 +43,7 @@ from test_cluster_loopback import (
 from qimera_core import results
 from sweeps import rows
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 HEAD_IP, WORKER_IP = "10.213.0.1", "10.213.0.2"
 # Inside each node's namespaces: a private /tmp/ray, the worker's own home over the shared

@@ -83,6 +83,7 @@ def page_url(lines: queue.Queue, driver: subprocess.Popen) -> str:
     pytest.fail(f"the sweep printed no page URL: {''.join(seen)}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(BROWSER is None, reason="needs Chromium (apt-get install chromium); "
                                             "CI installs it")
 def test_smoke_sweep_page_fills_in_live_in_chromium(digits_cache, tmp_path):

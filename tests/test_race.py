@@ -191,6 +191,7 @@ def test_results_of_another_table_refused(tmp_path):
 
 # ---- an offline race, killed between rounds, resumed ----------------------------------------
 @pytest.mark.integration
+@pytest.mark.slow
 def test_offline_race_killed_between_rounds_resumes_and_tables_show_it(digits_cache, tmp_path):
     pytest.importorskip("ray")
     argv = ["--smoke-test", "--mix-prob", "0.4", "--seeds", "auto", "--n0", "2",

@@ -95,6 +95,7 @@ def test_rerun_reuses_all_four(smoke4, digits_cache, capsys):
     assert sorted(p.name for p in (smoke4 / "results").iterdir()) == before
 
 
+@pytest.mark.slow
 def test_trial_killed_once_resumes_to_the_clean_runs_metrics(smoke4, digits_cache, tmp_path):
     # the same four trials in the same packs as smoke4 (--pack auto's measured size, cached),
     # each pack's process killed once
@@ -125,6 +126,7 @@ def test_failed_trial_is_an_error_row_and_is_not_reused(local_ray, digits_cache,
     assert "1 trials, 0 reused, 1 to run" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_driver_killed_mid_sweep_then_resume_reruns_nothing_finished(local_ray, digits_cache,
                                                                       tmp_path):
     argv = ["--smoke-test", "--only", "cifar10-", "--storage", str(tmp_path / "storage"),

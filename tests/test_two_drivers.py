@@ -17,7 +17,7 @@ pytest.importorskip("ray")
 from analysis import load  # noqa: E402
 from sweeps import rows  # noqa: E402
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 # Table 9 narrowed to p = 0.4 (4 trials) and Table 8 (5 trials) share one config:
 # p = 0.4, K = 10, dm_layers = 1.
