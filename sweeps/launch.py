@@ -235,7 +235,8 @@ def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace,
     measure = (calibrate.sweep_measure(gpus, args.cpus_per_trial,
                                        use_cache=not args.recalibrate)
                if args.pack in (None, "auto") else None)
-    packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args), measure)
+    packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args), measure,
+                       cluster_gpus=cluster.get("GPU", 0))
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "
           f"({', '.join(f'{n} x {k}' for k, n in sorted(_sizes(packs).items(), reverse=True))})")
     space = {"pack": tune.grid_search([

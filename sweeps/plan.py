@@ -174,22 +174,34 @@ def trial_slots(cluster_cpus: int, args: argparse.Namespace) -> int:
     return slots
 
 
+def pack_slots(share: float, size: int, cluster_gpus: float) -> int | None:
+    """How many packs of `size` runs, each run asking `share` of a GPU, the cluster's GPUs hold
+    at once (a pack asks size x share, at most one GPU: sweeps.trial.pack_gpus); None for a
+    CPU kind."""
+    if share <= 0 or cluster_gpus <= 0:
+        return None
+    return max(1, int(cluster_gpus / min(1.0, share * max(1, size)) + 1e-9))
+
+
 def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
                gpus: Mapping[str, float], slots: int,
-               measure: Callable[[TrainConfig, int], int | None] | None = None
-               ) -> list[list[TrainConfig]]:
+               measure: Callable[[TrainConfig, int], int | None] | None = None,
+               cluster_gpus: float = 0.0) -> list[list[TrainConfig]]:
     """Group the trials still to run into packs of compatible configs (qimera_core.pack);
     `slots`: trials that run at once (trial_slots). --pack auto with `measure(cfg, count)`
     (sweeps.calibrate: the measured pack size of `cfg`'s kind, None if it could not be
-    measured) deals each kind into balanced packs of at most that size, over the slots;
-    without it, or where it gives None, auto_pack_size's fixed rule."""
+    measured) deals each kind into balanced packs of at most that size, over the slots; for
+    GPU kinds the slots are at most the packs of the measured size that `cluster_gpus` GPUs
+    hold at once (pack_slots), so a node with many CPUs per GPU does not split the packs the
+    measurement chose. Without a measure, or where it gives None, auto_pack_size's fixed
+    rule."""
     from qimera_core import pack
     flag = "auto" if args.pack is None else args.pack
     if flag == "off":
         return [[c] for c in todo]
     if isinstance(flag, int):
         return pack.group(todo, flag)
-    packs, measured, sizes = [], [], []
+    packs, measured, sizes, caps = [], [], [], []
     for same in pack.group(todo, len(todo)):          # one list per compatible kind
         size = measure(same[0], len(same)) if measure is not None else None
         if size is None:
@@ -198,7 +210,10 @@ def plan_packs(todo: Sequence[TrainConfig], args: argparse.Namespace,
         else:
             measured.append(same)
             sizes.append(size)
-    return deal(measured, sizes, max(1, slots - len(packs))) + packs
+            on_gpus = pack_slots(gpus[same[0].teacher], size, cluster_gpus)
+            if on_gpus is not None:
+                caps.append(on_gpus)
+    return deal(measured, sizes, max(1, min([slots, *caps]) - len(packs))) + packs
 
 
 def deal(groups: Sequence[Sequence[Any]], size: int | Sequence[int], slots: int

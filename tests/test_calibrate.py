@@ -122,6 +122,26 @@ def test_plan_packs_uses_the_measure_and_falls_back_where_it_fails():
     assert [len(p) for p in plan_packs(digits, _args("off"), gpus, 2, m)] == [1] * 6
 
 
+def test_gpu_kinds_are_dealt_over_the_packs_the_gpus_hold():
+    """A GPU node has many CPUs per GPU: 72 CIFAR runs measured at N = 8 on 8 GPUs and 96
+    CPUs run 8 whole-GPU packs at once, not 72 runs alone (the CPU slots); then a whole
+    number of rounds: 16 packs of 4-5 (each still a whole GPU's share at 0.25 per run)."""
+    from qimera_core.config import build
+    from sweeps.plan import pack_slots, plan_packs
+    cifar = [build("cifar10-resnet20-4w4a", seed=s, mix_prob=p)
+             for s in range(8) for p in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)]
+    gpus = {"resnet20_cifar10": 0.25}
+    packs = plan_packs(cifar, _args(), gpus, slots=96, measure=lambda c, n: 8, cluster_gpus=8)
+    assert sorted({len(p) for p in packs}) == [4, 5] and len(packs) == 16
+    assert sum(map(len, packs)) == 72
+    # without GPUs in the cluster (or a CPU kind) the CPU slots decide, as before
+    alone = plan_packs(cifar, _args(), gpus, slots=96, measure=lambda c, n: 8)
+    assert len(alone) == 72
+    assert pack_slots(0.25, 8, 8) == 8 and pack_slots(0.25, 2, 8) == 16
+    assert pack_slots(0.1, 3, 1) == 3 and pack_slots(1.0, 1, 4) == 4      # float-safe floor
+    assert pack_slots(0.0, 8, 8) is None and pack_slots(0.25, 8, 0) is None
+
+
 def test_the_table_and_the_cache_round_trip(tmp_path, monkeypatch):
     cal = calibrate.Calibration(key="k", device="cpu X, 1 thread",
                                 rows=[Row(1, 0.02, 100 * 2**20), Row(2, 0.036, 120 * 2**20)],
