@@ -237,6 +237,7 @@ def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace,
                if args.pack in (None, "auto") else None)
     packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args), measure,
                        cluster_gpus=cluster.get("GPU", 0))
+    args.recalibrate = False        # once per driver: a race's later rounds read this measurement
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "
           f"({', '.join(f'{n} x {k}' for k, n in sorted(_sizes(packs).items(), reverse=True))})")
     space = {"pack": tune.grid_search([
