@@ -16,11 +16,13 @@ are in docs/statistics.md:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 from scipy import stats as sps
 
 ALPHA = 0.05
@@ -223,13 +225,29 @@ def seeds_for_difference(diff: float, sd: float, alpha: float = ALPHA, paired: b
     if sd == 0:
         return 2.0
     solver = TTestPower() if paired else TTestIndPower()
+    effect = abs(diff) / sd
+
+    def power_at(n: float) -> float:        # both solvers: (effect_size, nobs[1], alpha)
+        return float(solver.power(effect, n, alpha, alternative="larger"))
+    # statsmodels' root finder starts at 10 seeds and fails (nan, a ConvergenceWarning) when
+    # the answer lies below 2, which is any effect of about 3 std or more: check the ends first
+    if power_at(2) >= power:
+        return 2.0
     try:
-        n = solver.solve_power(effect_size=abs(diff) / sd, alpha=alpha, power=power,
-                               alternative="larger")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            n = float(np.ravel(solver.solve_power(effect_size=effect, alpha=alpha, power=power,
+                                                  alternative="larger"))[0])
     except (ValueError, RuntimeError):
-        return math.nan
-    n = float(np.ravel(n)[0])
-    return max(2.0, math.ceil(n)) if math.isfinite(n) else math.nan
+        n = math.nan
+    if not math.isfinite(n):                # bracket it ourselves
+        hi = 2.0
+        while power_at(hi) < power and hi < 1e9:
+            hi *= 2
+        if hi >= 1e9:
+            return math.inf
+        n = optimize.brentq(lambda m: power_at(m) - power, hi / 2, hi)
+    return max(2.0, math.ceil(n))
 
 
 def seeds_for_slope(slope: float, se: float, n_now: float, alpha: float = ALPHA,

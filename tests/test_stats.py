@@ -156,6 +156,21 @@ def test_seeds_for_difference_matches_the_design_table(d, n):
     assert stats.seeds_for_difference(d, 1.0, alpha=0.025, paired=False) == n
 
 
+def test_seeds_for_a_large_difference_are_few_not_unknown():
+    """statsmodels' solver returns nan for answers below 2 seeds; ours checks the power at 2
+    and brackets the root itself. Reference: the one-sided one-sample t-test's power from the
+    noncentral t, P(T' > t_0.95(n-1)), T' ~ nct(n - 1, effect sqrt(n))."""
+    def power(effect, n):
+        return sps.nct.sf(sps.t.ppf(0.95, n - 1), n - 1, effect * math.sqrt(n))
+    assert power(6.0, 2) >= 0.8
+    assert stats.seeds_for_difference(3.0, 0.5) == 2            # effect 6: 2 seeds are enough
+    assert power(2.5, 2) < 0.8 <= power(2.5, 3)
+    assert stats.seeds_for_difference(2.5, 1.0) == 3
+    assert stats.seeds_for_difference(10.0, 1.0, paired=False) == 2
+    assert stats.seeds_for_difference(1e-5, 1.0) > 1e9 and stats.seeds_text(
+        stats.seeds_for_difference(1e-5, 1.0)) == "> 1000"
+
+
 def test_seeds_for_slope_by_hand_and_edge_cases():
     z = sps.norm.ppf(0.95) + sps.norm.ppf(0.8)
     assert stats.seeds_for_slope(1.0, 1.0, 3) == math.ceil(3 * z ** 2)
