@@ -31,7 +31,7 @@ from .load import (
 
 log = logging.getLogger(__name__)
 
-TOP_MARK = "▲"   # the cell with the best mean; bold = not significantly worse than it
+TOP_MARK = "▲"   # the cell with the best mean; bold = could be the best (stats.ties)
 METRICS = {"top1": "final top-1 (%)",
            "best_top1": "best-epoch top-1 (%), epoch chosen on the test set (optimistic; "
                         "not the final accuracy)"}
@@ -48,7 +48,7 @@ _STAT_COLUMNS = {"mean", "std", "n", "ci_low", "ci_high", "status", "reason", "g
 @dataclass
 class PaperTable:
     """One rendered table; `frame` is the paper layout, `cells` the numbers behind it, `bold`
-    the cells tied with their block's best (not significantly worse), `top` the best mean."""
+    the cells that could be their block's best (stats.ties), `top` the best mean."""
 
     name: str
     title: str
@@ -166,10 +166,11 @@ def add_paper(cells: pd.DataFrame, paper_fn: Callable[[pd.Series], tuple | None]
 
 
 def _mark_ties(cells: pd.DataFrame, by: list[str], alpha: float) -> None:
-    """Within each `by` group: `top` marks the best mean; `bold` marks every cell that a
-    one-sided test (paired by seed, Welch otherwise, one-sample against a paper value) at
-    `alpha`, Holm-corrected over the group, does not find worse than it (analysis.stats.ties).
-    Our cells compete with their seeds, the paper's baselines with their reported number."""
+    """Within each `by` group: `top` marks the best mean; `bold` marks every cell that could be
+    the best at level `alpha` for the whole group: no other cell is above it by the
+    simultaneous bounds of analysis.stats.ties (paired by seed and pooled over the group's
+    seed-blocked model, Bonferroni over the ordered pairs). Our cells compete with their seeds,
+    the paper's baselines with their reported number."""
     for col, default in (("top", False), ("bold", False), ("tie_p", math.nan),
                          ("tie_test", "")):
         cells[col] = default
@@ -181,7 +182,7 @@ def _mark_ties(cells: pd.DataFrame, by: list[str], alpha: float) -> None:
         verdict = stats.ties(contenders, alpha)
         for i, v in verdict.iterrows():
             cells.at[i, "top"], cells.at[i, "bold"] = bool(v["best"]), bool(v["tied"])
-            cells.at[i, "tie_p"] = float(v["p_holm"]) if pd.notna(v["p_holm"]) else math.nan
+            cells.at[i, "tie_p"] = float(v["p"]) if pd.notna(v["p"]) else math.nan
             cells.at[i, "tie_test"] = str(v["test"]) if pd.notna(v["test"]) else ""
     cells["top"], cells["bold"] = cells["top"].astype(bool), cells["bold"].astype(bool)
 
@@ -264,9 +265,11 @@ def _not_run_notes(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
 def tie_note(cells: pd.DataFrame, alpha: float) -> str:
     """What bold and the mark mean, and how much the table's seeds can tell apart."""
     ours = cells[(cells["kind"] == "ours") & (cells["n"] > 0)]
-    text = (f"{TOP_MARK}: best mean. Bold: not significantly worse than it (one-sided t-test, "
-            f"paired by seed where both cells have 2+ common seeds, Welch otherwise, "
-            f"Holm-corrected at {alpha:g} within each block); bold is not a claim of equality.")
+    text = (f"{TOP_MARK}: best mean. Bold: could be the best of its block: no other cell is "
+            f"above it by bounds that hold for all the block's pairs at once at {alpha:g} "
+            f"(paired by seed, and pooled over the block's seed-blocked model; Bonferroni over "
+            f"the ordered pairs), so every truly best cell is bold with probability at least "
+            f"{1 - alpha:.0%}; bold is not a claim of equality.")
     if not ours.empty and (ours["n"] < 2).all():
         text += " Every cell has one seed: no test is possible, so no cell is told apart."
     return text

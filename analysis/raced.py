@@ -39,18 +39,28 @@ def notes(cells: pd.DataFrame, race: Mapping[str, Any] | None) -> list[str]:
     rounds = race.get("rounds", [])
     out = (cells["race_out"] != "").sum()
     s = race.get("settings", {})
-    note = (f"Raced seeds (n0={s.get('n0')}, alpha={s.get('alpha')}, max {s.get('max_seeds')} "
-            f"seeds): {len(rounds)} rounds, {out} cells out. A cell marked 'out in round r' "
-            "stopped with fewer seeds after a test at that round found it worse than the best; "
-            "its mean rests on fewer seeds and is biased low (it lost because it looked bad).")
+    note = (f"Raced seeds (n0={s.get('n0')}, alpha={s.get('alpha')} for the whole race, "
+            f"delta={s.get('delta')}, max {s.get('max_seeds')} seeds): {len(rounds)} rounds, "
+            f"{out} cells out. A cell marked 'out in round r' went out because another cell "
+            "was above it by bounds that hold for every cell and every look of the race "
+            "together at that alpha (look r spends 6·alpha/(π²·r²) of it): a claim for the "
+            "whole race. Its mean rests on fewer seeds and is biased low (it stopped because "
+            "it looked bad).")
     stop = race.get("stop", "")
     out_notes = [note + (f" Stopped: {stop}." if stop else " Still running.")]
     for g in race.get("groups", []):
         if g.get("winner"):
-            out_notes.append(f"{g['group']}: the race's winner is {g['winner']} (best by "
+            good = any(w in g.get("stop", "") for w in ("can beat the pick", "within ±",
+                                                          "one cell left"))
+            claim = (f" No other cell is {s.get('delta')} points or more above it, at "
+                     f"{1 - float(s.get('alpha', 0.05)):.0%} for the whole race." if good
+                     else " The race stopped before it could say how close to the best it is.")
+            out_notes.append(f"{g['group']}: the race's pick is {g['winner']} (best by "
                              "seed-adjusted mean, which can differ from ▲, the highest plain "
-                             "mean, when cells have different seeds).")
+                             "mean, when cells have different seeds)." + claim)
         m = g.get("remeasured") or {}
+        if m.get("skipped"):
+            out_notes.append(f"{g['group']}: the winner was not re-measured: {m['skipped']}.")
         if m.get("seeds"):
             ci = (f" [{m['ci_low']:.2f}, {m['ci_high']:.2f}]"
                   if m.get("ci_low") is not None and m["ci_low"] == m["ci_low"] else "")

@@ -32,8 +32,9 @@ class Resolution:
         out = []
         for _, t in self.ties.iterrows():
             out.append(f"{t['setting']}: best {t['best']} ({t['best_mean']:.2f}); "
-                       f"{t['tied']} of {t['cells']} cells not significantly worse "
-                       f"(alpha {self.alpha:g}, Holm)" + (f"; {t['note']}" if t["note"] else ""))
+                       f"{t['tied']} of {t['cells']} cells could be the best "
+                       f"(simultaneous, alpha {self.alpha:g})"
+                       + (f"; {t['note']}" if t["note"] else ""))
         for _, e in self.effects.iterrows():
             out.append(f"{e['setting']}: {e['label']}: " + _effect_text(e, self.alpha))
         for _, c in self.claims.iterrows():
@@ -106,7 +107,7 @@ def to_frame(r: Resolution) -> pd.DataFrame:
     rows = []
     for _, t in r.ties.iterrows():
         rows.append(dict(part="ties", setting=t["setting"], item=f"best: {t['best']}",
-                         test="one-sided vs best, Holm", effect=t["best_mean"],
+                         test="simultaneous bounds over all pairs", effect=t["best_mean"],
                          verdict=f"{t['tied']} of {t['cells']} tied", note=t["note"]))
     for _, e in r.effects.iterrows():
         rows.append(dict(part="axis", setting=e["setting"], item=e["label"], test=e["test"],

@@ -5,9 +5,11 @@ the live page, the race in `sweeps` and `bench/racing.py` share one rule. The ch
 are in docs/statistics.md:
 
 - a cell's interval is the Student-t interval of its own seeds (no pooling, no bootstrap);
-- a cell is *tied with the best* unless a one-sided test says it is worse than the cell with the
-  best mean: paired by seed on the seeds both have (two or more), Welch otherwise, against a
-  constant (a paper value) by a one-sample test; Holm across the table's cells;
+- bold is the set of cells that could be the best, at level alpha for the whole table: a cell
+  is out of it when some other cell is above it by simultaneous bounds on every ordered pair's
+  difference (`pair_bounds`: paired by seed, and pooled over the table's seed-blocked model,
+  Bonferroni over the pairs and the two), so every truly best cell is bold with probability at
+  least 1 - alpha; a race uses the same bounds at each look's share of alpha;
 - an axis matters by a type-II ANOVA of an OLS fit with the seed as a block (valid when racing
   leaves the design unbalanced); its size is a slope per unit (per doubling of K) with its
   interval, or the range of the level means.
@@ -47,166 +49,253 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return m - half, m + half
 
 
+# ---- which cells could be the best: simultaneous bounds on every pairwise difference ----------
+def resolution(values: Sequence[float] | np.ndarray) -> float:
+    """The finest step between the distinct values: a recorded accuracy is a count over a test
+    set (0.1 points on 1000 images), so two values that look equal may differ by less than this
+    step. 0.0 when there are fewer than two distinct values."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = np.unique(np.round(v[np.isfinite(v)], 9))
+    return float(np.diff(v).min()) if len(v) > 1 else 0.0
+
+
+def additive_fit(y: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Least-squares fit of value = cell + seed to y[cell, seed] (nan = not run): the cell
+    means with the seed effect taken out (seed effects centred on zero over the seeds), the
+    residual sum of squares and its degrees of freedom (runs - rank of the design)."""
+    has = np.isfinite(y)
+    rows, cols = has.any(1), has.any(0)
+    out = np.full(len(y), np.nan)
+    if not rows.any():
+        return out, math.nan, 0
+    z, m = y[np.ix_(rows, cols)], has[np.ix_(rows, cols)]
+    k, s = z.shape
+    if m.all():                                          # balanced: the closed form
+        cell, seed = z.mean(1), z.mean(0) - z.mean()
+        resid = z - cell[:, None] - seed[None, :]
+        out[rows] = cell
+        return out, float((resid ** 2).sum()), (k - 1) * (s - 1)
+    ci, si = np.nonzero(m)
+    x = np.zeros((len(ci), k + s - 1))
+    x[np.arange(len(ci)), ci] = 1.0
+    keep = si > 0                                        # seed 0 is the reference level
+    x[np.flatnonzero(keep), k + si[keep] - 1] = 1.0
+    coef, _, rank, _ = np.linalg.lstsq(x, z[ci, si], rcond=None)
+    resid = z[ci, si] - x @ coef
+    seed = np.concatenate([[0.0], coef[k:]])
+    out[rows] = coef[:k] + seed.mean()
+    return out, float(resid @ resid), int(len(ci) - rank)
+
+
 @dataclass(frozen=True)
-class Comparison:
-    """One cell against the best: H0 'not worse', H1 'worse' (one-sided)."""
+class Bounds:
+    """Simultaneous upper bounds on mu_a - mu_b for every ordered pair (a, b) of a table's cells
+    (row a, column b): with probability at least 1 - alpha all of them hold at once.
 
-    p: float            # one-sided p-value; nan = no test possible
-    test: str           # "paired (n=3)", "Welch", "one-sample", "untested: ..."
-    diff: float         # mean(cell) - mean(best), on the values the test used
+    Each pair gets two one-sided t bounds, each at alpha / (2 x pairs) (Bonferroni over the
+    ordered pairs and the two halves), and the lower one is used:
+    - *paired*: the pair's own seed-by-seed differences on the seeds both have (Welch on the
+      plain means when they share none; one-sample against a constant);
+    - *pooled*: the same mean difference with the residual variance of the whole table's
+      seed-blocked model (value = cell + seed), which has (cells - 1)(seeds - 1) degrees of
+      freedom when balanced; not used against a constant, whose gap also holds the seed effect.
+    No variance is taken below the rounding of the values (`resolution`): h^2/12 per value, so
+    two seeds with equal differences never give certainty. `diff` is the mean difference on the
+    common seeds (plain means when none; a constant's own value)."""
 
-
-def _mean(c: Cell) -> float:
-    return float(c) if isinstance(c, int | float) else float(np.mean(list(c.values())))
-
-
-def _degenerate(diff: float) -> float:
-    """The p-value when the spread is zero: worse for sure, or no evidence at all."""
-    return 0.0 if diff < 0 else 1.0
-
-
-def compare(best: Cell, other: Cell) -> Comparison:
-    """Is `other` worse than `best`? One-sided; see the module doc for the test chosen."""
-    if not isinstance(best, Mapping) and not isinstance(other, Mapping):
-        d = float(other) - float(best)     # two reported numbers: nothing to test
-        return Comparison(_degenerate(d) if d else 1.0, "constants", d)
-    if not isinstance(best, Mapping) or not isinstance(other, Mapping):
-        sample, const = (other, best) if isinstance(other, Mapping) else (best, other)
-        x = np.asarray(list(sample.values()), dtype=float)
-        sign = 1.0 if sample is other else -1.0      # test other - best < 0
-        d = sign * (x.mean() - float(const)) if len(x) else math.nan
-        if len(x) < 2:
-            return Comparison(math.nan, f"untested: n={len(x)}", d)
-        if x.std(ddof=1) == 0:
-            return Comparison(_degenerate(d), "one-sample", d)
-        alt = "less" if sign > 0 else "greater"
-        return Comparison(float(sps.ttest_1samp(x, float(const), alternative=alt).pvalue),
-                          "one-sample", d)
-    common = sorted(set(best) & set(other))
-    if len(common) >= 2:
-        x = np.array([other[s] for s in common]) - np.array([best[s] for s in common])
-        d = float(x.mean())
-        if x.std(ddof=1) == 0:
-            return Comparison(_degenerate(d), f"paired (n={len(common)})", d)
-        return Comparison(float(sps.ttest_1samp(x, 0.0, alternative="less").pvalue),
-                          f"paired (n={len(common)})", d)
-    a, b = (np.asarray(list(c.values()), dtype=float) for c in (other, best))
-    d = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
-    if len(a) < 2 or len(b) < 2:
-        return Comparison(math.nan, f"untested: n={len(a)} vs {len(b)}", d)
-    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
-        return Comparison(_degenerate(d), "Welch", d)
-    return Comparison(float(sps.ttest_ind(a, b, equal_var=False, alternative="less").pvalue),
-                      "Welch", d)
+    keys: list
+    mean: np.ndarray
+    n: np.ndarray
+    diff: np.ndarray
+    upper: np.ndarray
+    p: np.ndarray
+    test: np.ndarray
+    alpha: float
+    pairs: int
+    pooled_sd: float
+    pooled_df: int
+    resolution: float
 
 
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-adjusted p-values; a nan (no test) stays nan and takes no share of alpha.
-
-    The step-down formula itself (the k-th smallest of m times m - k + 1, made monotone, at
-    most 1), as statsmodels' multipletests(method="holm") computes it: that function runs a
-    full gc.collect() on every call, which made a race's decision twice as slow; the tests
-    check this one against it and against a hand-computed case."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(len(p), math.nan)
-    ok = np.flatnonzero(~np.isnan(p))
-    if len(ok):
-        order = ok[np.argsort(p[ok], kind="stable")]
-        m = len(order)
-        out[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
-    return out.tolist()
+def pair_bounds(y: np.ndarray, alpha: float = ALPHA, const: np.ndarray | None = None,
+                keys: Sequence[object] | None = None) -> Bounds:
+    """`Bounds` of the cells y[cell, seed] (nan = no finite value at that seed); `const[i]`, when
+    not nan, makes cell i a reported constant (a paper baseline) instead of seeds. Every cell
+    given must have a value (a constant, or at least one finite seed)."""
+    with np.errstate(invalid="ignore", divide="ignore"):   # n = 0 (constants) is masked out
+        return _pair_bounds(y, alpha, const, keys)
 
 
-def seed_adjusted_means(cells: Mapping[object, Mapping[int, float]], iterations: int = 50
-                        ) -> dict[object, float]:
+def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
+                 keys: Sequence[object] | None) -> Bounds:
+    y = np.asarray(y, dtype=float)
+    k = len(y)
+    const = np.full(k, np.nan) if const is None else np.asarray(const, dtype=float)
+    is_c = np.isfinite(const)
+    y = np.where(is_c[:, None], np.nan, y)
+    has = np.isfinite(y)
+    n = has.sum(1)
+    if ((n == 0) & ~is_c).any():
+        raise ValueError("pair_bounds: every cell needs a value (filter out cells without one)")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(is_c, const, np.nansum(y, 1) / n)
+    h = resolution(y[has])
+    pairs = k * (k - 1)
+    a_half = alpha / (2 * max(pairs, 1))
+    floor_d, floor_v = h * h / 6, h * h / 12          # a difference of two roundings; one
+    upper = np.full((k, k), math.inf)
+    p = np.ones((k, k))
+    test = np.full((k, k), "untested", dtype=object)
+    diff = mean[:, None] - mean[None, :]
+
+    def bound(d, se, df, share, name, where):
+        """Put a one-sided bound in where it is lower than the one already there."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = d + sps.t.ppf(1 - share, df) * se
+            pv = np.minimum(1.0, (alpha / share) * sps.t.cdf(d / se, df)) \
+                if share else np.ones_like(d)
+            pv = np.where(se > 0, pv, np.where(d < 0, 0.0, 1.0))
+        better = where & (u < upper)
+        upper[better] = u[better]
+        test[better] = name if isinstance(name, str) else name[better]
+        p[where] = np.minimum(p[where], pv[where])
+
+    # the paired half: each pair's own differences on their common seeds
+    z = np.where(has, y, 0.0)
+    both = has[:, None, :] & has[None, :, :]
+    nc = both.sum(-1)
+    dsum = (z[:, None, :] - z[None, :, :]) * both
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dbar = dsum.sum(-1) / nc
+        var = (((dsum - dbar[..., None]) * both) ** 2).sum(-1) / (nc - 1)
+    paired = (nc >= 2) & ~is_c[:, None] & ~is_c[None, :]
+    diff = np.where(nc >= 1, dbar, diff)
+    names = np.array([[f"paired (n={c})" for c in row] for row in nc], dtype=object)
+    bound(diff, np.sqrt(np.maximum(var, floor_d) / nc), nc - 1, a_half, names, paired)
+    # no common seed: Welch on the plain means
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = np.nansum((y - mean[:, None]) ** 2 * has, 1) / (n - 1)
+    v = np.maximum(cv, floor_v) / n
+    welch = (nc == 0) & (n[:, None] >= 2) & (n[None, :] >= 2) & ~is_c[:, None] & ~is_c[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vs = v[:, None] + v[None, :]
+        wdf = vs ** 2 / (v[:, None] ** 2 / (n[:, None] - 1) + v[None, :] ** 2 / (n[None, :] - 1))
+    bound(diff, np.sqrt(vs), wdf, a_half, "Welch", welch)
+    # against a constant: a one-sample bound, the pair's whole share
+    one = ~is_c & (n >= 2)
+    se1 = np.sqrt(v)
+    a_one = alpha / max(pairs, 1)
+    bound(diff, np.broadcast_to(se1[:, None], (k, k)), np.broadcast_to(n[:, None] - 1, (k, k)),
+          a_one, "one-sample", one[:, None] & is_c[None, :])
+    bound(diff, np.broadcast_to(se1[None, :], (k, k)), np.broadcast_to(n[None, :] - 1, (k, k)),
+          a_one, "one-sample", is_c[:, None] & one[None, :])
+    cc = is_c[:, None] & is_c[None, :]
+    upper[cc], p[cc], test[cc] = diff[cc], np.where(diff[cc] < 0, 0.0, 1.0), "constants"
+    # the pooled half: the table's seed-blocked residual variance
+    samples = ~is_c
+    pooled_sd, pooled_df = math.nan, 0
+    if samples.sum() >= 2:
+        adj, rss, pooled_df = additive_fit(y[samples])
+        if pooled_df >= 1:
+            pooled_sd = math.sqrt(max(rss / pooled_df, floor_v))
+            idx = np.flatnonzero(samples)
+            sub = np.ix_(idx, idx)
+            ncs = nc[sub]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                se = pooled_sd * np.where(ncs >= 1, np.sqrt(2.0 / ncs),
+                                          np.sqrt(1.0 / n[idx][:, None] + 1.0 / n[idx][None, :]))
+            d = np.where(ncs >= 1, diff[sub], adj[:, None] - adj[None, :])
+            u_sub, p_sub, t_sub = upper[sub], p[sub], test[sub]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                u = d + sps.t.ppf(1 - a_half, pooled_df) * se
+                pv = np.minimum(1.0, 2 * max(pairs, 1) * sps.t.cdf(d / se, pooled_df))
+            better = u < u_sub
+            u_sub[better], t_sub[better] = u[better], f"pooled (df={pooled_df})"
+            upper[sub], test[sub], p[sub] = u_sub, t_sub, np.minimum(p_sub, pv)
+    np.fill_diagonal(upper, math.nan)
+    np.fill_diagonal(p, math.nan)
+    np.fill_diagonal(test, "")
+    return Bounds(keys=list(range(k)) if keys is None else list(keys), mean=mean, n=n,
+                  diff=diff, upper=upper, p=p, test=test, alpha=alpha, pairs=pairs,
+                  pooled_sd=pooled_sd, pooled_df=pooled_df, resolution=h)
+
+
+def _has_value(c: Cell) -> bool:
+    if isinstance(c, Mapping):
+        return bool(finite(c))
+    return c is not None and math.isfinite(float(c))
+
+
+def cell_bounds(cells: Mapping[object, Cell], alpha: float = ALPHA) -> Bounds:
+    """`pair_bounds` of cells given as seed -> value mappings (or constants); cells without a
+    finite value are left out (a NaN never decides)."""
+    keys = [k for k, c in cells.items() if _has_value(c)]
+    seeds = sorted({s for k in keys if isinstance(cells[k], Mapping) for s in finite(cells[k])})
+    col = {s: j for j, s in enumerate(seeds)}
+    y = np.full((len(keys), len(seeds)), np.nan)
+    const = np.full(len(keys), np.nan)
+    for i, k in enumerate(keys):
+        if isinstance(cells[k], Mapping):
+            for s, v in finite(cells[k]).items():
+                y[i, col[s]] = v
+        else:
+            const[i] = float(cells[k])
+    return pair_bounds(y, alpha, const, keys)
+
+
+def seed_adjusted_means(cells: Mapping[object, Mapping[int, float]]) -> dict[object, float]:
     """Cell means with the shared seed effect taken out: the least-squares fit of the additive
-    model value = cell + seed (by backfitting), so that cells measured on different seeds
+    model value = cell + seed (`additive_fit`), so that cells measured on different seeds
     compare fairly. Equal to the plain means when every cell has the same seeds."""
-    seeds = sorted({s for c in cells.values() for s in c})
-    effect = dict.fromkeys(seeds, 0.0)
-    means = {k: float(np.mean(list(c.values()))) for k, c in cells.items()}
-    if all(set(c) == set(seeds) for c in cells.values()):
-        return means
-    for _ in range(iterations):
-        means = {k: float(np.mean([v - effect[s] for s, v in c.items()]))
-                 for k, c in cells.items()}
-        new = {s: float(np.mean([c[s] - means[k] for k, c in cells.items() if s in c]))
-               for s in seeds}
-        centre = float(np.mean(list(new.values())))
-        new = {s: v - centre for s, v in new.items()}
-        if max(abs(new[s] - effect[s]) for s in seeds) < 1e-9:
-            effect = new
-            break
-        effect = new
-    return {k: float(np.mean([v - effect[s] for s, v in c.items()])) for k, c in cells.items()}
+    keys = [k for k, c in cells.items() if finite(c)]
+    seeds = sorted({s for k in keys for s in finite(cells[k])})
+    col = {s: j for j, s in enumerate(seeds)}
+    y = np.full((len(keys), len(seeds)), np.nan)
+    for i, k in enumerate(keys):
+        for s, v in finite(cells[k]).items():
+            y[i, col[s]] = v
+    adj = additive_fit(y)[0]
+    return {k: float(adj[i]) for i, k in enumerate(keys)}
 
 
 def ties(cells: Mapping[object, Cell], alpha: float = ALPHA,
          rank: Mapping[object, float] | None = None) -> pd.DataFrame:
-    """Which cells are not significantly worse than the one with the best mean (or the best
-    `rank` score, e.g. seed_adjusted_means).
+    """Which cells could be the best, at level `alpha` for the whole table: a cell is bold
+    (`tied`) unless some other cell's simultaneous bound (`pair_bounds`) says it is above it.
+    With probability at least 1 - alpha every truly best cell is bold, so equal cells lose bold
+    together at most alpha of the time.
 
-    Returns one row per cell (index = the keys): mean, n, best (the top mean), p (one-sided,
-    raw), p_holm, test, tied. A cell that cannot be tested (n = 1 on either side) is tied: no
-    test at `alpha` says it is worse.
+    One row per cell (index = the keys): mean, n, best (the top mean, or the top `rank` score),
+    tied, p (the simultaneous p-value that some cell is above it: tied iff p >= alpha), by (that
+    cell), test (the bound used), diff (mean(cell - best) on their common seeds), upper (its
+    simultaneous upper bound of mu_cell - mu_best). A cell without a finite value has no row
+    values and is neither best nor tied.
     """
-    keys = [k for k, c in cells.items() if not isinstance(c, Mapping) or len(c)]
     frame = pd.DataFrame(index=pd.Index(list(cells), dtype=object, tupleize_cols=False),
-                         columns=["mean", "n", "best", "p", "p_holm", "test", "tied", "diff"])
+                         columns=["mean", "n", "best", "tied", "p", "by", "test", "diff",
+                                  "upper"])
     frame["best"], frame["tied"] = False, False
-    if not keys:
+    frame["test"] = "no finite value"
+    b = cell_bounds(cells, alpha)
+    if not b.keys:
         return frame
-    top = max(keys, key=lambda k: rank[k] if rank is not None else _mean(cells[k]))
-    comps = {k: compare(cells[top], cells[k]) for k in keys if k != top}
-    adjusted = dict(zip(comps, holm([c.p for c in comps.values()]), strict=True))
-    for k in keys:
-        c = cells[k]
-        frame.at[k, "mean"] = _mean(c)
-        frame.at[k, "n"] = len(c) if isinstance(c, Mapping) else 0
-        if k == top:
-            frame.at[k, "best"], frame.at[k, "tied"], frame.at[k, "test"] = True, True, "best"
-            continue
-        comp, p_adj = comps[k], adjusted[k]
-        frame.at[k, "p"], frame.at[k, "p_holm"], frame.at[k, "test"] = comp.p, p_adj, comp.test
-        frame.at[k, "diff"] = comp.diff
-        frame.at[k, "tied"] = bool(math.isnan(p_adj) or p_adj >= alpha)
+    score = [rank[k] if rank is not None else b.mean[i] for i, k in enumerate(b.keys)]
+    top = int(np.argmax(score))
+    for i, k in enumerate(b.keys):
+        frame.at[k, "mean"], frame.at[k, "n"] = float(b.mean[i]), int(b.n[i])
+        row = np.where(np.arange(len(b.keys)) == i, np.inf, b.p[i])
+        j = int(np.argmin(row))
+        pv = float(row[j]) if len(b.keys) > 1 else math.nan
+        frame.at[k, "p"] = pv
+        frame.at[k, "tied"] = bool(not pv < alpha)
+        frame.at[k, "by"] = b.keys[j] if len(b.keys) > 1 else None
+        frame.at[k, "test"] = "best" if i == top else str(b.test[i, j])
+        if i == top:
+            frame.at[k, "best"] = True
+        else:
+            frame.at[k, "diff"] = float(b.diff[i, top])
+            frame.at[k, "upper"] = float(b.upper[i, top])
     return frame
-
-
-def tost(best: Mapping[int, float], other: Mapping[int, float], delta: float) -> float:
-    """TOST p-value that `other` is within ±delta of `best` (paired on common seeds when two
-    or more, Welch otherwise); nan when no test is possible."""
-    from statsmodels.stats.weightstats import ttost_ind, ttost_paired
-    common = sorted(set(best) & set(other))
-    if len(common) >= 2:
-        x = np.array([other[s] for s in common])
-        y = np.array([best[s] for s in common])
-        if np.std(x - y) == 0:
-            return 0.0 if abs(float(np.mean(x - y))) < delta else 1.0
-        return float(ttost_paired(x, y, -delta, delta)[0])
-    a, b = np.asarray(list(other.values())), np.asarray(list(best.values()))
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    return float(ttost_ind(a, b, -delta, delta, usevar="unequal")[0])
-
-
-def upper_bound(best: Mapping[int, float], other: Mapping[int, float],
-                alpha: float = ALPHA) -> float:
-    """One-sided (1 - alpha) upper bound of mean(other) - mean(best), paired where possible;
-    +inf when there is too little data to bound it."""
-    common = sorted(set(best) & set(other))
-    if len(common) >= 2:
-        x = np.array([other[s] - best[s] for s in common])
-    else:
-        a, b = np.asarray(list(other.values())), np.asarray(list(best.values()))
-        if len(a) < 2 or len(b) < 2:
-            return math.inf
-        va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-        se = math.sqrt(va + vb)
-        df = (va + vb) ** 2 / max(va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1), 1e-300)
-        return float(a.mean() - b.mean() + sps.t.ppf(1 - alpha, df) * se)
-    se = x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean() + sps.t.ppf(1 - alpha, len(x) - 1) * se)
 
 
 # ---- power --------------------------------------------------------------------------------------

@@ -72,11 +72,13 @@ def race_lines(race: dict) -> list[str]:
     """One line per round of a race log, and how it stopped."""
     out = []
     for r in race.get("rounds", []):
-        gone = ", ".join(f"{e['label']} (p_holm={e['p_holm']:.2g})" for e in r["eliminated"])
+        gone = ", ".join(f"{e['label']} (below {e['by']}, p={e['p']:.2g})" if e.get("by")
+                         else f"{e['label']} ({e['test']})" for e in r["eliminated"])
         group = f" ({r['group']})" if r.get("group") else ""
         best = r.get("best") or {}
         out.append(f"round {r['round']}{group}: {r['trials']} trials, {len(r['alive'])} cells alive"
-                   + (f", best {best['label']} ({best['mean']:.2f}, n={best['n']})" if best
+                   + (f", look alpha {r['alpha']:.2g}" if r.get("alpha") is not None else "")
+                   + (f", pick {best['label']} ({best['mean']:.2f}, n={best['n']})" if best
                       else "")
                    + (f"; out: {gone}" if gone else "")
                    + (f"; next: {sum(map(len, r['next'].values()))} trials" if r.get("next")

@@ -47,22 +47,23 @@ def add_race_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seeds", type=int, default=None,
                    help="seeds a cell gets at most (default 20)")
     g.add_argument("--alpha", type=float, default=None,
-                   help="level of the one-sided, Holm-corrected test that puts a cell out, "
-                        "and of the TOST stop (default 0.05)")
+                   help="level of the whole race: every cell put out and the stop hold "
+                        "together at this level, spent over the looks (default 0.05)")
     g.add_argument("--delta", type=float, default=None,
-                   help="points: survivors within ±delta of the best count as equivalent "
-                        "and end the race (default 0.25)")
+                   help="points: the race stops when no cell can beat its pick by delta or "
+                        "more (default 0.25)")
     g.add_argument("--race-width", dest="width", type=int, default=None,
                    help="challengers that get seeds each round beside the best, those with "
                         "the highest upper bound (default 3: a round of 4 cells is one pack "
                         "on a GPU); 0 = every survivor")
     g.add_argument("--race-step", dest="step", type=int, default=None,
                    help="seeds per chosen cell per round (default 1)")
-    g.add_argument("--race-stop", dest="stop", choices=("tost", "best"), default=None,
-                   help="tost (default): stop when every survivor is within ±delta of the "
-                        "best; best: when none can beat the best by delta")
+    g.add_argument("--race-stop", dest="stop", choices=("best", "tost"), default=None,
+                   help="best (default): stop when no cell can beat the pick by delta; tost: "
+                        "when every survivor is within ±delta of it")
     g.add_argument("--budget-gpu-hours", type=float, default=None,
-                   help="stop before a round that would pass this many GPU-hours")
+                   help="stop before a round that would pass this many GPU-hours (the whole "
+                        "race: every group and the re-measure)")
     g.add_argument("--budget-hours", type=float, default=None,
                    help="stop before a round that would pass this many wall-clock hours")
     g.add_argument("--remeasure", type=int, default=None, metavar="N",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.fs
 import ray
 from ray import tune
@@ -264,6 +266,12 @@ def run_race(table: str, blocks: Sequence[Block], args: argparse.Namespace, pref
     axes = grid.swept_axes(blocks)
     plan = {"smoke_test": args.smoke_test, "offline": args.offline, "only": args.only}
     log_path = results_dir / RACE_LOG.format(table=table)
+    try:
+        race.check_delta(settings, paper_spreads(table, groups, grid.swept_axes(blocks)))
+        race.check_round0(settings, settings.n0 * sum(map(len, groups.values())),
+                          *_trial_cost(table, results_dir))
+    except race.RaceError as e:
+        raise GridError(str(e)) from None
     name = _race_name(table, args, prefix, results_dir, log_path, plan, settings)
     page = open_page(table, args, results_dir)
     print(f"{table}: racing {sum(map(len, groups.values()))} cells in {len(groups)} groups "
@@ -271,7 +279,7 @@ def run_race(table: str, blocks: Sequence[Block], args: argparse.Namespace, pref
     status, launched, shown = 0, 0, 0
     while True:
         done = _done_rows(table, results_dir)
-        states = [race.replay(g, cells, done, settings) for g, cells in groups.items()]
+        states = race.replay(groups, done, settings)
         race_log = race.log_dict(table, name, plan, settings, states)
         if not args.dry_run:
             race.write_log(log_path, race_log)
@@ -309,6 +317,46 @@ def _race_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespac
         print(f"{table}: continuing round experiment {path}")
         return restore(table, path, args, results_dir)
     return run_round(table, todo, args, name, axes, results_dir)
+
+
+# The paper's name for each swept axis a race group can have (analysis.paper.lookup's params).
+_PAPER_PARAMS = {"mix_prob": "p", "mix_classes": "K", "dm_layers": "dm_layers",
+                 "noise_sigma": "sigma_z"}
+
+
+def paper_spreads(table: str, groups: Mapping[str, Sequence[race.Cell]], axes: Sequence[str]
+                  ) -> dict[str, float]:
+    """Per race group, max - min of the paper's values of its cells, found by the table's swept
+    `axes` (nan where the paper has fewer than two of them, e.g. the offline digits settings)."""
+    from analysis.load import add_labels
+    from analysis.paper import lookup
+    out = {}
+    for g, cells in groups.items():
+        labels = add_labels(pd.DataFrame([c.config.to_dict() for c in cells]))
+        found = []
+        for c, (_, lab) in zip(cells, labels.iterrows(), strict=True):
+            params = {_PAPER_PARAMS[k]: float(v) for k, v in c.fields.items()
+                      if k in _PAPER_PARAMS and k in axes and isinstance(v, int | float)}
+            hit = lookup(table, lab["dataset"], lab["model"], lab["bits"],
+                         str(lab["method_label"]), **params)
+            if hit and math.isfinite(hit[0]):
+                found.append(hit[0])
+        out[g] = max(found) - min(found) if len(found) >= 2 else math.nan
+    return out
+
+
+def _trial_cost(table: str, results_dir: Path) -> tuple[float | None, float | None, str]:
+    """(GPU-hours, trial-hours) of one trial, the median of this table's finished rows in
+    --results, for the round-0 budget check; (None, None) when there is none to go by."""
+    if not results_dir.is_dir():
+        return None, None, ""
+    df = rows.read_trials(results_dir)
+    df = df[(df["table"] == table) & (df["status"] == "ok")] if not df.empty else df
+    if df.empty:
+        return None, None, ""
+    return (float(df["gpu_seconds"].fillna(0).median()) / 3600,
+            float(df["wall_time_s"].fillna(0).median()) / 3600,
+            f"the median of {len(df)} finished {table} trials in --results")
 
 
 def _done_rows(table: str, results_dir: Path) -> Any:

@@ -1,11 +1,20 @@
 """Seeds spent where they decide: the rounds of a race (`--seeds auto`), as pure functions.
 
-Round 0 gives every cell of a race group (a table block) `n0` seeds. After each round the cells
-that a one-sided test finds worse than the best (analysis.stats.ties: paired by seed, Holm, at
-`alpha`) are out. The best and the `width` challengers most likely to beat it (highest upper
-bound of mean_j - mean_best, as in LUCB) get `step` more seeds, until one cell is left, the
-survivors are equivalent to the best within `delta` (TOST, or only its upper half with
-`stop="best"`), every survivor has `max_seeds`, or the next round would pass a budget.
+Round 0 gives every cell of a race group (a table block) `n0` seeds. After each round (look
+r = 1, 2, ...) the group's cells get simultaneous bounds on every pairwise difference
+(analysis.stats.pair_bounds) at the look's share of alpha, alpha_r = 6 alpha / (pi^2 r^2), so
+that the looks together spend at most alpha: a cell that some other cell is above goes out and
+stays out, and "out in round r" is a claim at alpha for the whole race. The pick is the
+survivor with the best seed-adjusted mean. The race stops when no other cell, alive or out,
+can beat the pick by `delta` or more (its upper bound of mu_j - mu_pick is below delta: the
+pick is delta-good at 1 - alpha; LUCB, Kalyanakrishnan et al. 2012), or, with `stop="tost"`,
+when every survivor is within +-delta of the pick; when one cell is left; when every cell that
+blocks the stop has `max_seeds`; or before a round that would pass a budget. Only the pick and
+the cells that still block the stop get seeds (the `width` with the highest bounds).
+
+All groups of a table race in lockstep, one round at a time, under one budget: the next
+round's cost over every group (a winner's re-measure seeds included) is estimated from the
+trials measured so far, and the whole race stops before a round that would pass it.
 
 The race keeps no state of its own: `replay` rebuilds every round from the finished rows in
 --results (a round is done when each of its trials has a row), so a killed driver resumes at
@@ -23,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis import stats
@@ -30,7 +40,7 @@ from qimera_core.config import TrainConfig
 from sweeps import grid
 from sweeps.grid import Block
 
-STOPS = ("tost", "best")
+STOPS = ("best", "tost")
 # The race flags (dest on the command line, flag) that need --seeds auto; the defaults are
 # Settings' (the last two only steer the driver).
 RACE_FLAGS = (("n0", "--n0"), ("max_seeds", "--max-seeds"), ("alpha", "--alpha"),
@@ -48,11 +58,11 @@ class RaceError(ValueError):
 class Settings:
     n0: int = 3                    # seeds every cell gets in round 0
     max_seeds: int = 20            # seeds a cell gets at most
-    alpha: float = stats.ALPHA     # level of the elimination and stopping tests
-    delta: float = 0.25            # points: survivors this close to the best are equivalent
+    alpha: float = stats.ALPHA     # level of the whole race: every elimination and the stop
+    delta: float = 0.25            # points: the pick is delta-good when no cell can beat it by this
     width: int = 3                 # challengers per round beside the best; 0 = every survivor
     step: int = 1                  # seeds per chosen cell per round
-    stop: str = "tost"             # tost: |mu_j - mu_best| < delta; best: mu_j - mu_best < delta
+    stop: str = "best"             # best: mu_j - mu_pick < delta for every j; tost: |.| < delta
     budget_gpu_hours: float | None = None   # None = no budget
     budget_hours: float | None = None       # wall-clock hours of the race; None = no budget
     remeasure: int = 0             # fresh seeds for the winner of each group after the race
@@ -106,6 +116,7 @@ class Round:
     round: int
     trials: int                                   # trials this round ran
     alive: list[str]                              # labels of the cells raced in this round
+    alpha: float                                  # this look's share of the race's alpha
     best: dict[str, Any]
     eliminated: list[dict[str, Any]]
     next: dict[str, list[int]]                    # label -> seeds of the next round
@@ -173,95 +184,171 @@ def _cost(done: pd.DataFrame, hashes: Sequence[str]) -> tuple[float, float, floa
             float(rows["wall_time_s"].fillna(0).sum()) / 3600, max(0.0, wall) / 3600)
 
 
-def decide(values: Mapping[str, dict[int, float]], n: Mapping[str, int], s: Settings
-           ) -> tuple[list[str], pd.DataFrame, str, dict[str, int]]:
-    """One look at the alive cells' values: (survivors, the tie test per cell, why the race
-    stops or '', cell -> seeds to add next)."""
-    # The best by seed-adjusted means: after LUCB rounds the cells have different seeds, and
-    # the seeds are shared blocks, so plain means over different seed sets do not compare.
-    verdict = stats.ties(values, s.alpha, rank=stats.seed_adjusted_means(values))
-    alive = [k for k in values if bool(verdict.at[k, "tied"])]
-    best = next(k for k in values if bool(verdict.at[k, "best"]))
-    others = [k for k in alive if k != best]
-    if not others:
-        return alive, verdict, "one cell left", {}
+def look_alpha(alpha: float, look: int) -> float:
+    """The share of alpha spent at look r = 1, 2, ...: 6 alpha / (pi^2 r^2), summing to alpha."""
+    return 6.0 * alpha / (math.pi ** 2 * look ** 2)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One look at a group: who is out now, the pick, why the race stops ('' = it goes on), and
+    the seeds to add next (cell -> count)."""
+
+    survivors: list[str]
+    pick: str
+    out: dict[str, dict[str, Any]]      # key -> p, by (key), test, upper: put out at this look
+    stop: str
+    more: dict[str, int]
+    alpha: float                        # this look's level
+    upper: dict[str, float]             # key -> simultaneous upper bound of mu_key - mu_pick
+    mean: dict[str, float]              # key -> seed-adjusted mean
+
+
+def decide(values: Mapping[str, Mapping[int, float]], alive: Sequence[str],
+           n: Mapping[str, int], s: Settings, look: int) -> Decision:
+    """Look `look` (1, 2, ...) at a group: `values` holds every cell with a value, alive or out
+    (out cells still bound the others and can block the stop); `alive` the cells still racing;
+    `n` the seeds each cell has been given (its next seed is n)."""
+    a = look_alpha(s.alpha, look)
+    keys = [k for k in values if values[k]]
+    b = stats.cell_bounds({k: values[k] for k in keys}, a)
+    at = {k: i for i, k in enumerate(b.keys)}
+    adj = stats.seed_adjusted_means({k: values[k] for k in keys})
+    live = [k for k in alive if k in at]
+    out: dict[str, dict[str, Any]] = {}
+    for k in live:
+        row = b.p[at[k]].copy()
+        row[at[k]] = math.inf
+        j = int(np.argmin(row))
+        if row[j] < a:
+            out[k] = dict(p=float(row[j]), by=b.keys[j], test=str(b.test[at[k], j]),
+                          upper=float(b.upper[at[k], j]))
+    survivors = [k for k in live if k not in out]
+    if not survivors and live:          # every bound at once cannot put all out; guard anyway
+        keep = max(live, key=lambda k: adj[k])
+        out.pop(keep)
+        survivors = [keep]
+    pick = max(survivors, key=lambda k: adj[k])
+    p = at[pick]
+    upper = {k: float(b.upper[at[k], p]) for k in keys if k != pick}
+
+    def decision(stop: str, more: dict[str, int]) -> Decision:
+        return Decision(survivors, pick, out, stop, more, a, upper, adj)
+
+    if len(survivors) == 1:
+        return decision("one cell left", {})
     if s.stop == "tost":
-        close = [stats.tost(values[best], values[k], s.delta) for k in others]
-        if all(p < s.alpha for p in close):          # a nan (no test possible) is not < alpha
-            return alive, verdict, f"every survivor is within ±{s.delta:g} of the best (TOST)", {}
-    bounds = {k: stats.upper_bound(values[best], values[k], s.alpha) for k in others}
-    if s.stop == "best" and all(b < s.delta for b in bounds.values()):
-        return alive, verdict, f"no survivor can beat the best by {s.delta:g} or more", {}
-    room = {k: min(s.step, s.max_seeds - n[k]) for k in alive}
-    challengers = sorted((k for k in others if room[k] > 0), key=lambda k: -bounds[k])
+        block = [k for k in survivors if k != pick
+                 and not (upper[k] < s.delta and b.upper[p, at[k]] < s.delta)]
+        if not block:
+            return decision(f"every survivor is within ±{s.delta:g} of the pick", {})
+    else:
+        block = [k for k in keys if k != pick and not upper[k] < s.delta]
+        if not block:
+            return decision(f"no other cell can beat the pick by {s.delta:g} or more", {})
+    room = {k: min(s.step, s.max_seeds - n[k]) for k in survivors}
+    challengers = sorted((k for k in block if k in room and room[k] > 0),
+                         key=lambda k: -upper[k])
     if s.width:
         challengers = challengers[:s.width]
-    pick = ([best] if room[best] > 0 else []) + challengers
-    if not pick:
-        return alive, verdict, f"every survivor has {s.max_seeds} seeds (--max-seeds)", {}
-    return alive, verdict, "", {k: room[k] for k in pick}
+    chosen = ([pick] if room[pick] > 0 else []) + challengers
+    if not chosen:
+        return decision(f"every cell that could still beat the pick by {s.delta:g} has "
+                        f"{s.max_seeds} seeds (--max-seeds)", {})
+    return decision("", {k: room[k] for k in chosen})
 
 
-def replay(group: str, cells: Sequence[Cell], done: pd.DataFrame, s: Settings
-           ) -> GroupState:
-    """Every round of one group's race that the rows in `done` (finished or errored trials,
-    indexed by config hash) allow, and the trials of the round in progress."""
-    st = GroupState(group=group, n={c.key: 0 for c in cells})
-    by_key = {c.key: c for c in cells}
-    plan = {c.key: list(range(s.n0)) for c in cells}
-    alive = [c.key for c in cells]
+def replay(groups: Mapping[str, Sequence[Cell]], done: pd.DataFrame, s: Settings
+           ) -> list[GroupState]:
+    """Every round of the race that the rows in `done` (finished or errored trials, indexed by
+    config hash) allow, all groups in lockstep, and the trials of the round in progress."""
+    by_key = {g: {c.key: c for c in cells} for g, cells in groups.items()}
+    states = {g: GroupState(group=g, n={c.key: 0 for c in cells}) for g, cells in groups.items()}
+    plan = {g: {c.key: list(range(s.n0)) for c in cells} for g, cells in groups.items()}
+    alive = {g: [c.key for c in cells] for g, cells in groups.items()}
+    winner: dict[str, str] = {}           # group -> the pick's key once it has stopped
     used: list[str] = []
-    winner = ""                                   # the best's key once the race has stopped
-    while True:
-        trials = [by_key[k].at(seed) for k, seeds in plan.items() for seed in seeds]
-        st.todo = [t for t in trials if t.config_hash not in done.index]
-        if st.todo:
-            return st
-        for k, seeds in plan.items():
-            st.n[k] = max(st.n[k], max(seeds) + 1)
-        used += [t.config_hash for t in trials]
+    while plan:
+        trials = {g: [by_key[g][k].at(seed) for k, seeds in p.items() for seed in seeds]
+                  for g, p in plan.items()}
+        todo = {g: [t for t in ts if t.config_hash not in done.index] for g, ts in trials.items()}
+        if any(todo.values()):
+            for g, t in todo.items():
+                states[g].todo = t
+            return list(states.values())
+        used += [t.config_hash for ts in trials.values() for t in ts]
         gpu_h, trial_h, wall_h = _cost(done, used)
-        if st.stop:                                 # the winner's re-measure round is done
-            fresh = _values(by_key[winner], plan[winner], done)
-            lo, hi = stats.t_interval(list(fresh.values()))
-            st.remeasured = dict(label=by_key[winner].label, seeds=sorted(fresh),
-                                 mean=float(sum(fresh.values()) / len(fresh)) if fresh
-                                 else math.nan, ci_low=lo, ci_high=hi)
-            return st
-        values = {k: _values(by_key[k], range(st.n[k]), done) for k in alive}
-        empty = [k for k in alive if not values[k]]   # every seed errored or diverged
-        values = {k: v for k, v in values.items() if v}
-        if not values:
-            st.stop = "no cell has a finished value"
-            return st
-        survivors, verdict, stop, more = decide(values, st.n, s)
-        if not stop:
-            stop = _budget_stop(s, sum(more.values()), gpu_h, wall_h, len(used))
-        best = next(k for k in values if bool(verdict.at[k, "best"]))
-        st.rounds.append(Round(
-            round=st.round, trials=len(trials), alive=[by_key[k].label for k in alive],
-            best=dict(label=by_key[best].label, mean=float(verdict.at[best, "mean"]),
-                      n=len(values[best])),
-            eliminated=[dict(cell=dict(by_key[k].fields), label=by_key[k].label,
-                             mean=float(verdict.at[k, "mean"]), n=len(values[k]),
-                             p_holm=float(verdict.at[k, "p_holm"]),
-                             test=str(verdict.at[k, "test"]))
-                        for k in values if k not in survivors]
-            + [dict(cell=dict(by_key[k].fields), label=by_key[k].label, mean=math.nan, n=0,
-                    p_holm=math.nan, test="no finished value") for k in empty],
-            next={by_key[k].label: list(range(st.n[k], st.n[k] + m)) for k, m in more.items()},
-            stop=stop, gpu_hours=gpu_h, trial_hours=trial_h, wall_hours=wall_h))
-        alive = survivors
-        st.round += 1
-        if stop:
-            winner = best
-            st.stop, st.winner = stop, by_key[winner].label
-            if not s.remeasure:
-                return st
-            first = max(s.max_seeds, st.n[winner])
-            plan = {winner: list(range(first, first + s.remeasure))}
-            continue
-        plan = {k: list(range(st.n[k], st.n[k] + m)) for k, m in more.items()}
+        after: dict[str, dict[str, list[int]]] = {}
+        for g, p in plan.items():
+            st, cells = states[g], by_key[g]
+            if g in winner:                     # the winner's re-measure round is done
+                st.remeasured = _remeasured(cells[winner[g]], p[winner[g]], done)
+                continue
+            for k, seeds in p.items():
+                st.n[k] = max(st.n[k], max(seeds) + 1)
+            values = {k: _values(cells[k], range(st.n[k]), done) for k in cells if st.n[k]}
+            empty = [k for k in alive[g] if not values.get(k)]  # every seed errored or diverged
+            values = {k: v for k, v in values.items() if v}
+            live = [k for k in alive[g] if k in values]
+            if not live:
+                st.stop = "no cell has a finished value"
+                continue
+            d = decide(values, live, st.n, s, st.round + 1)
+            st.rounds.append(_round(st.round, len(trials[g]), alive[g], cells, values, st.n, d,
+                                    empty, gpu_h, trial_h, wall_h))
+            alive[g] = d.survivors
+            st.round += 1
+            if d.stop:
+                st.stop, st.winner = d.stop, cells[d.pick].label
+                if s.remeasure:
+                    winner[g] = d.pick
+                    first = max(s.max_seeds, st.n[d.pick])
+                    after[g] = {d.pick: list(range(first, first + s.remeasure))}
+            else:
+                after[g] = {k: list(range(st.n[k], st.n[k] + m)) for k, m in d.more.items()}
+        if after:
+            why = _budget_stop(s, sum(len(v) for p in after.values() for v in p.values()),
+                               gpu_h, wall_h, len(used))
+            if why:
+                for g in after:
+                    st = states[g]
+                    if g in winner:
+                        st.remeasured = dict(skipped=why)
+                    else:
+                        st.stop = st.rounds[-1].stop = why
+                        st.winner = st.rounds[-1].best["label"]
+                after = {}
+        plan = after
+    for st in states.values():
+        st.todo = []
+    return list(states.values())
+
+
+def _remeasured(cell: Cell, seeds: Sequence[int], done: pd.DataFrame) -> dict[str, Any]:
+    fresh = _values(cell, seeds, done)
+    lo, hi = stats.t_interval(list(fresh.values()))
+    return dict(label=cell.label, seeds=sorted(fresh),
+                mean=float(sum(fresh.values()) / len(fresh)) if fresh else math.nan,
+                ci_low=lo, ci_high=hi)
+
+
+def _round(r: int, trials: int, alive: Sequence[str], cells: Mapping[str, Cell],
+           values: Mapping[str, Mapping[int, float]], n: Mapping[str, int], d: Decision,
+           empty: Sequence[str], gpu_h: float, trial_h: float, wall_h: float) -> Round:
+    def mean(k: str) -> float:
+        return float(sum(values[k].values()) / len(values[k]))
+    return Round(
+        round=r, trials=trials, alive=[cells[k].label for k in alive], alpha=d.alpha,
+        best=dict(label=cells[d.pick].label, key=d.pick, mean=mean(d.pick),
+                  n=len(values[d.pick])),
+        eliminated=[dict(cell=dict(cells[k].fields), label=cells[k].label, key=k, mean=mean(k),
+                         n=len(values[k]), p=o["p"], by=cells[o["by"]].label, test=o["test"],
+                         upper=o["upper"])
+                    for k, o in d.out.items()]
+        + [dict(cell=dict(cells[k].fields), label=cells[k].label, key=k, mean=math.nan, n=0,
+                p=math.nan, by="", test="no finished value", upper=math.nan) for k in empty],
+        next={cells[k].label: list(range(n[k], n[k] + m)) for k, m in d.more.items()},
+        stop=d.stop, gpu_hours=gpu_h, trial_hours=trial_h, wall_hours=wall_h)
 
 
 def _budget_stop(s: Settings, next_trials: int, gpu_h: float, wall_h: float, used: int
@@ -273,8 +360,30 @@ def _budget_stop(s: Settings, next_trials: int, gpu_h: float, wall_h: float, use
         more = next_trials * spent / max(1, used)
         if budget and spent + more > budget:
             return (f"the next round (~{more:.3g} {unit}) would pass {flag} {budget:g} "
-                    f"({spent:.3g} {unit} used)")
+                    f"({spent:.3g} {unit} used by the whole race)")
     return ""
+
+
+def check_round0(s: Settings, trials: int, per_trial_gpu_h: float | None,
+                 per_trial_h: float | None, source: str) -> None:
+    """Refuse a budget smaller than round 0's estimated cost, before any work."""
+    for budget, per, flag, unit in ((s.budget_gpu_hours, per_trial_gpu_h, "--budget-gpu-hours",
+                                     "GPU-h"), (s.budget_hours, per_trial_h, "--budget-hours",
+                                                "trial-h")):
+        if budget and per is not None and trials * per > budget:
+            raise RaceError(f"{flag} {budget:g} is below round 0's estimated cost: {trials} "
+                            f"trials x {per:.3g} {unit} ({source}) = {trials * per:.3g} {unit}; "
+                            f"raise {flag} or lower --n0")
+
+
+def check_delta(s: Settings, spreads: Mapping[str, float]) -> None:
+    """Refuse a --delta at least the whole spread of a group's cells (the paper's values), where
+    every cell is within delta of every other and the race has nothing to find."""
+    for group, spread in spreads.items():
+        if math.isfinite(spread) and s.delta >= spread:
+            raise RaceError(f"--delta {s.delta:g} is at least the whole spread of {group}'s "
+                            f"cells in the paper ({spread:.2f} points): every cell would be "
+                            f"within delta of the best; pass a --delta below {spread:.2f}")
 
 
 def describe(s: Settings) -> str:

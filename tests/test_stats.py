@@ -40,113 +40,134 @@ def test_finite_drops_a_diverged_run():
     assert stats.finite({0: 60.0, 1: math.nan, 2: None, 3: 61.0}) == {0: 60.0, 3: 61.0}
 
 
-# ---- two cells -------------------------------------------------------------------------------
-def test_paired_one_sided_by_hand():
+# ---- could be the best: simultaneous bounds ---------------------------------------------------
+def t2_ppf(q: float) -> float:
+    """Student t with 2 degrees of freedom, closed-form quantile."""
+    return (2 * q - 1) / math.sqrt(2 * q * (1 - q))
+
+
+def t1_cdf(t: float) -> float:
+    return 0.5 + math.atan(t) / math.pi
+
+
+def test_two_cells_paired_by_hand():
     best = {0: 66.0, 1: 67.0, 2: 65.0}
     other = {0: 62.0, 1: 64.0, 2: 60.0}                  # differences -4, -3, -5: sd 1
-    c = stats.compare(best, other)
-    t = -4 / (1 / math.sqrt(3))
-    assert c.test == "paired (n=3)" and c.diff == -4.0
-    assert c.p == pytest.approx(t2_cdf(t))               # 0.0101
-    assert c.p == pytest.approx(0.010102, abs=1e-6)
-
-
-def test_paired_uses_only_common_seeds():
-    best = {0: 66.0, 1: 67.0, 2: 65.0, 3: 70.0, 4: 10.0}
-    other = {0: 62.0, 1: 64.0, 2: 60.0}
-    assert stats.compare(best, other).p == pytest.approx(t2_cdf(-4 * math.sqrt(3)))
-
-
-def test_welch_by_hand_when_seeds_differ():
-    best = {0: 5.0, 1: 6.0, 2: 7.0}
-    other = {10: 1.0, 11: 2.0, 12: 3.0}                  # no common seed: Welch
-    c = stats.compare(best, other)
-    se = math.sqrt(1 / 3 + 1 / 3)
-    df = (2 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (1 / 3) ** 2 / 2)
-    assert df == pytest.approx(4.0) and c.test == "Welch"
-    assert c.p == pytest.approx(t4_cdf(-4 / se))
-
-
-def test_welch_unbalanced_by_hand():
-    best = {0: 10.0, 1: 12.0, 2: 11.0, 3: 13.0, 4: 9.0}    # n=5, var 2.5
-    other = {7: 8.0, 8: 10.0}                              # n=2, var 2
-    va, vb = 2 / 2, 2.5 / 5
-    t = (9.0 - 11.0) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / 1 + vb ** 2 / 4)
-    assert stats.compare(best, other).p == pytest.approx(sps.t.cdf(t, df))
-
-
-def test_against_a_constant_and_zero_variance():
-    paper = 66.0
-    c = stats.compare(paper, {0: 62.0, 1: 64.0, 2: 60.0})
-    assert c.test == "one-sample" and c.p == pytest.approx(t2_cdf((62 - 66) / (2 / math.sqrt(3))))
-    # a paper value below our best cell: is the constant worse than our seeds?
-    c = stats.compare({0: 62.0, 1: 64.0, 2: 60.0}, 58.0)
-    assert c.p == pytest.approx(t2_cdf((58 - 62) / (2 / math.sqrt(3))))
-    # zero spread: a constant gap is certain; no gap is no evidence
-    assert stats.compare({0: 5.0, 1: 6.0}, {0: 3.0, 1: 4.0}).p == 0.0
-    assert stats.compare({0: 5.0, 1: 6.0}, {0: 5.0, 1: 6.0}).p == 1.0
-    assert stats.compare({0: 5.0, 1: 5.0}, {7: 4.0, 8: 4.0}).p == 0.0
-
-
-def test_n1_is_untested():
-    c = stats.compare({0: 66.0, 1: 67.0}, {5: 10.0})
-    assert math.isnan(c.p) and c.test.startswith("untested")
-
-
-def test_holm_by_hand_and_nan_takes_no_share():
-    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    out = stats.holm([0.01, math.nan, 0.04])
-    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.04)
-
-
-# ---- ties with the best ----------------------------------------------------------------------
-def test_ties_with_holm_unbalanced_n1_and_nan():
-    cells = {
-        "best": {0: 66.0, 1: 67.0, 2: 65.0, 3: 66.0},
-        "worse": {0: 62.0, 1: 64.0, 2: 60.0},             # paired p 0.0101
-        "close": {0: 65.5, 1: 67.2, 2: 64.0},             # within the noise
-        "one": {0: 10.0},                                 # n = 1: untested, so tied
-        "nan": stats.finite({0: 50.0, 1: math.nan}),      # the diverged seed is dropped: n = 1
-    }
-    t = ties(cells)
+    b = stats.cell_bounds({"best": best, "other": other}, 0.05)
+    # 2 ordered pairs, two halves each: every bound at 0.05 / 4 = 0.0125. With two cells the
+    # pooled residual variance is half the paired differences' (RSS 1 on 2 df, times 2 for a
+    # difference): both halves give the same bound.
+    se = 1 / math.sqrt(3)
+    assert b.pairs == 2 and b.pooled_df == 2 and b.pooled_sd == pytest.approx(math.sqrt(0.5))
+    assert b.diff[1, 0] == pytest.approx(-4.0)
+    assert b.upper[1, 0] == pytest.approx(-4 + t2_ppf(1 - 0.0125) * se)    # -0.417
+    assert b.p[1, 0] == pytest.approx(4 * t2_cdf(-4 / se))                 # 0.0404
+    assert b.upper[0, 1] == pytest.approx(4 + t2_ppf(1 - 0.0125) * se)
+    t = stats.ties({"best": best, "other": other}, 0.05)
     assert t.loc["best", "best"] and t.loc["best", "tied"]
-    p_worse = t2_cdf(-4 * math.sqrt(3))
-    p_close = stats.compare(cells["best"], cells["close"]).p
-    # Holm over the two testable cells: the smaller p doubled, the larger kept (or raised)
-    assert t.loc["worse", "p_holm"] == pytest.approx(2 * p_worse)
-    assert t.loc["close", "p_holm"] == pytest.approx(max(2 * p_worse, p_close))
-    assert not t.loc["worse", "tied"] and t.loc["close", "tied"]
-    assert t.loc["one", "tied"] and t.loc["nan", "tied"] and math.isnan(t.loc["one", "p_holm"])
-    assert t.loc["nan", "n"] == 1
+    assert not t.loc["other", "tied"] and t.loc["other", "by"] == "best"
+    assert t.loc["other", "p"] == pytest.approx(0.0404, abs=1e-4)
+    assert stats.ties({"best": best, "other": other}, 0.01).loc["other", "tied"]
 
 
-def ties(cells, alpha=0.05):
-    return stats.ties(cells, alpha)
+def test_pooled_half_is_the_two_way_anova_residual():
+    import statsmodels.formula.api as smf
+    y = np.array([[10.0, 12.0, 11.0, 13.0], [9.0, 12.5, 10.0, 12.0], [5.0, 6.0, 4.0, 7.0]])
+    b = stats.pair_bounds(y, 0.05)
+    # textbook: e = y - row mean - column mean + grand mean, on (3-1)(4-1) = 6 df
+    e = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    s2 = (e ** 2).sum() / 6
+    assert b.pooled_df == 6 and b.pooled_sd == pytest.approx(math.sqrt(s2))
+    long = pd.DataFrame([dict(cell=i, seed=j, v=y[i, j]) for i in range(3) for j in range(4)])
+    fit = smf.ols("v ~ C(cell) + C(seed)", long).fit()
+    assert b.pooled_sd ** 2 == pytest.approx(fit.mse_resid) and fit.df_resid == 6
+    share = 0.05 / (2 * 6)
+    pooled = b.diff[2, 0] + sps.t.ppf(1 - share, 6) * math.sqrt(s2 * 2 / 4)
+    d = y[2] - y[0]
+    paired = d.mean() + sps.t.ppf(1 - share, 3) * d.std(ddof=1) / 2
+    assert b.upper[2, 0] == pytest.approx(min(pooled, paired))
+    assert b.test[2, 0] == ("pooled (df=6)" if pooled < paired else "paired (n=4)")
 
 
-def test_ties_alpha_changes_the_verdict():
-    cells = {"a": {0: 66.0, 1: 67.0, 2: 65.0}, "b": {0: 62.0, 1: 64.0, 2: 60.0}}
-    assert not ties(cells, 0.05).loc["b", "tied"]          # p = 0.0101
-    assert ties(cells, 0.01).loc["b", "tied"]
+def test_unbalanced_fit_matches_ols():
+    import statsmodels.formula.api as smf
+    y = np.array([[10.0, 12.0, 11.0, 13.0, 9.0], [9.0, 12.5, 10.0, np.nan, np.nan],
+                  [5.0, 6.0, np.nan, np.nan, np.nan]])
+    adj, rss, df = stats.additive_fit(y)
+    rows = [dict(cell=i, seed=j, v=y[i, j]) for i in range(3) for j in range(5)
+            if np.isfinite(y[i, j])]
+    fit = smf.ols("v ~ C(cell) + C(seed)", pd.DataFrame(rows)).fit()
+    assert df == fit.df_resid and rss == pytest.approx(fit.ssr)
+    # cell differences are the fit's cell coefficients
+    assert adj[1] - adj[0] == pytest.approx(fit.params["C(cell)[T.1]"])
+    assert adj[2] - adj[0] == pytest.approx(fit.params["C(cell)[T.2]"])
+
+
+def test_welch_when_no_seed_is_shared():
+    b = stats.cell_bounds({"best": {0: 5.0, 1: 6.0, 2: 7.0},
+                           "other": {10: 1.0, 11: 2.0, 12: 3.0}}, 0.05)
+    se = math.sqrt(1 / 3 + 1 / 3)                         # Welch, df = 4
+    assert b.pooled_df == 0                               # disjoint seeds: no pooled fit
+    assert b.test[1, 0] == "Welch"
+    assert b.p[1, 0] == pytest.approx(4 * t4_cdf(-4 / se))
+
+
+def test_against_a_constant_one_sample():
+    b = stats.cell_bounds({"paper": 66.0, "ours": {0: 62.0, 1: 64.0, 2: 60.0}}, 0.05)
+    # one test for the pair (the pooled half does not apply: the gap holds the seed effect)
+    assert b.test[1, 0] == "one-sample"
+    assert b.p[1, 0] == pytest.approx(2 * t2_cdf((62 - 66) / (2 / math.sqrt(3))))
+    assert b.upper[1, 0] == pytest.approx(-4 + t2_ppf(1 - 0.025) * 2 / math.sqrt(3))
+    two = stats.cell_bounds({"a": 66.0, "b": 60.0}, 0.05)     # two reported numbers: exact
+    assert two.upper[1, 0] == -6.0 and two.p[1, 0] == 0.0 and two.test[1, 0] == "constants"
+
+
+def test_two_seeds_with_equal_differences_are_not_certain():
+    # values recorded to 0.01: the cell is 0.01 below on both seeds
+    t = stats.ties({"a": {0: 70.0, 1: 71.0}, "b": {0: 69.99, 1: 70.99}}, 0.05)
+    # no variance below rounding's: h^2/12 a value, h = 0.01; paired se = h / sqrt(12), df 1
+    p = 4 * t1_cdf(-0.01 / (0.01 / math.sqrt(12)))
+    assert t.loc["b", "p"] == pytest.approx(p, rel=1e-6) and p == pytest.approx(0.358, abs=1e-3)
+    assert t.loc["b", "tied"]
+    assert stats.resolution([70.0, 69.99, 71.0, 70.99]) == pytest.approx(0.01)
+
+
+def test_a_constant_gap_over_six_seeds_resolves():
+    rng = np.random.default_rng(3)
+    block = rng.normal(0, 1, 6)
+    cells = {"best": dict(enumerate(70 + block)), "gap": dict(enumerate(69.5 + block))}
+    for i in range(3):                                     # other cells: seed std 1
+        cells[f"noisy{i}"] = dict(enumerate(68 + block + rng.normal(0, 1, 6)))
+    t = stats.ties(cells, 0.05)
+    assert t.loc["best", "best"] and not t.loc["gap", "tied"]
+    assert t.loc["gap", "test"] == "paired (n=6)"
+
+
+def test_nan_never_decides():
+    cells = {"a": {0: 70.0, 1: 71.0, 2: 72.0}, "nan": {0: math.nan, 1: math.nan},
+             "one": {0: 10.0}, "b": {0: 69.0, 1: 70.5, 2: 71.0}}
+    t = stats.ties(cells, 0.05)
+    assert not t.loc["nan", "best"] and not t.loc["nan", "tied"]
+    assert t.loc["nan", "test"] == "no finite value" and math.isnan(t.loc["nan", "p"])
+    assert t.loc["a", "best"]
+    assert stats.ties({"nan": {0: math.nan}, "x": {0: 1.0, 1: 2.0}}).loc["x", "best"]
+    with pytest.raises(ValueError, match="every cell needs a value"):
+        stats.pair_bounds(np.array([[1.0, 2.0], [np.nan, np.nan]]))
+
+
+def test_equal_cells_keep_bold_together_at_alpha():
+    # the guarantee: with every cell equal, some cell loses bold at most alpha of the time
+    rng = np.random.default_rng(0)
+    draws, lost = 300, 0
+    for _ in range(draws):
+        y = rng.normal(0, 1, (8, 3)) + rng.normal(0, 0.5, 3)
+        lost += bool((np.nanmin(stats.pair_bounds(y, 0.05).upper, 1) < 0).any())
+    assert lost / draws <= 0.05 + 2.58 * math.sqrt(0.05 * 0.95 / draws)
 
 
 def test_tie_note_says_one_seed_resolves_nothing():
     cells = pd.DataFrame({"kind": ["ours", "ours"], "n": [1, 1]})
     assert "no cell is told apart" in tie_note(cells, 0.05)
-
-
-def test_tost_and_upper_bound_by_hand():
-    best = {0: 10.0, 1: 11.0, 2: 12.0}
-    same = {0: 10.1, 1: 10.9, 2: 12.1}                     # differences .1 -.1 .1
-    d = np.array([0.1, -0.1, 0.1])
-    se = d.std(ddof=1) / math.sqrt(3)
-    # TOST: the larger of the two one-sided p-values against -delta and +delta
-    p_low = 1 - sps.t.cdf((d.mean() + 1.0) / se, 2)
-    p_high = sps.t.cdf((d.mean() - 1.0) / se, 2)
-    assert stats.tost(best, same, 1.0) == pytest.approx(max(p_low, p_high))
-    assert stats.upper_bound(best, same) == pytest.approx(d.mean() + 2.919985580355516 * se)
-    assert stats.upper_bound({0: 1.0}, {1: 2.0}) == math.inf
 
 
 # ---- power -----------------------------------------------------------------------------------
@@ -270,16 +291,6 @@ def test_trend_claim_direction_by_dataset():
     assert c.loc["higher p is better on ImageNet (Table 9)", "verdict"] == "contradicted"
     assert c.loc["higher K is better on ImageNet (Table 9)", "verdict"] in (
         "unresolved", "supported", "contradicted")
-
-
-def test_holm_matches_statsmodels():
-    from statsmodels.stats.multitest import multipletests
-    # ten draws: multipletests runs a full gc.collect() per call, half a second each in a
-    # process as big as the whole test run's
-    rng = np.random.default_rng(0)
-    for size in (1, 2, 3, 5, 8, 13, 24, 6, 4, 10):
-        p = rng.uniform(0, 0.3, size)
-        assert stats.holm(p) == pytest.approx(multipletests(p, method="holm")[1])
 
 
 def test_seed_adjusted_means_take_out_the_shared_seed_effect():

@@ -48,9 +48,9 @@ function hoverText(c) {
                       c.ci_low === null ? "95 % interval: none (one seed)"
                         : `95 % t-interval [${fmt(c.ci_low)}, ${fmt(c.ci_high)}]`,
                       c.top ? "best mean of its block (▲)"
-                        : c.tied ? `tied with the best: not significantly worse (${c.tie_test}` +
-                                   (c.tie_p === null ? ")" : `, Holm p = ${c.tie_p.toPrecision(2)})`)
-                        : `worse than the best (${c.tie_test}, Holm p = ${fmt(c.tie_p, 3)})`,
+                        : c.tied ? `could be the best: no cell is above it (${c.tie_test}` +
+                                   (c.tie_p === null ? ")" : `, simultaneous p = ${c.tie_p.toPrecision(2)})`)
+                        : `a cell is above it (${c.tie_test}, simultaneous p = ${fmt(c.tie_p, 3)})`,
                       `best-epoch top-1 ${fmt(c.best_mean)} ± ${fmt(c.best_std)}`);
   if (c.race_out) parts.push(`race: ${c.race_out}; its mean rests on fewer seeds`);
   if (c.paper !== null) parts.push(`paper (best epoch) ${fmt(c.paper)}`,
@@ -60,7 +60,7 @@ function hoverText(c) {
 }
 
 // The server decides ties (analysis.stats): `top` is each block's best final mean, `tied` every
-// cell not significantly worse than it.
+// cell that could be the best (no cell above it by the simultaneous bounds).
 function bestCell(t) {
   return t.cells.find((c) => c.top) || null;
 }
