@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
@@ -28,6 +27,7 @@ from .load import (
     in_table,
     setting_sort_key,
 )
+from .racelog import RaceLog
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _cell_stats(g: pd.DataFrame | None, metric: str, seeds: int) -> dict:
         return dict(mean=math.nan, std=math.nan, n=0, ci_low=math.nan, ci_high=math.nan,
                     status="not run", reason="not run", gpu_hours=0.0, wall_hours=0.0,
                     mixed="", final_mean=math.nan, best_mean=math.nan, best_ci_low=math.nan,
-                    best_ci_high=math.nan, _samples={}, _starts={})
+                    best_ci_high=math.nan, _samples={}, _starts={}, _hashes=frozenset())
     ok = g[(g["status"] == "ok") & g[metric].notna()]
     vals, n = ok[metric].astype(float), len(ok)
     bad = g[g["status"] != "ok"]
@@ -130,6 +130,7 @@ def _cell_stats(g: pd.DataFrame | None, metric: str, seeds: int) -> dict:
                 best_ci_low=best_lo, best_ci_high=best_hi,
                 # seed -> value (and start accuracy): the ties and the statistics file use them
                 _samples=dict(zip(ok["seed"].astype(int), vals, strict=True)),
+                _hashes=frozenset(g["config_hash"]),
                 _starts=dict(zip(ok["seed"].astype(int), ok["start_top1"].astype(float),
                                  strict=True)))
 
@@ -323,7 +324,7 @@ def make_title(number: str, caption: str, trials: pd.DataFrame, metric: str) -> 
 def finish(name: str, title: str, trials: pd.DataFrame, cells: pd.DataFrame,
             index: list[str], rename: dict[str, str], bold_by: list[str], metric: str,
             seeds: int, compare: bool, unrun: list[str], alpha: float = stats.ALPHA,
-            race: Mapping[str, Any] | None = None) -> PaperTable:
+            race: RaceLog | None = None) -> PaperTable:
     if not 0 < alpha < 1:
         raise AnalysisError(f"--alpha must be in (0, 1), got {alpha:g}")
     _mark_ties(cells, bold_by, alpha)
@@ -367,14 +368,14 @@ def settings_of(trials: pd.DataFrame) -> list[tuple[str, str, str]]:
 def unrun_paper_rows(block: str, present: list[tuple[str, str, str]]) -> list[str]:
     """Settings the paper reports in this block that have no trial here."""
     p = paper.paper_tables()
-    p = p[(p["table"] == paper.PAPER_BLOCKS[block]) & (p["method"].isin(["Qimera", "GDFQ"]))]
+    p = p[(p["table"] == paper.paper_block(block)) & (p["method"].isin(["Qimera", "GDFQ"]))]
     wanted = dict.fromkeys(zip(p["dataset"], p["model"], p["bits"], strict=True))
     return [" ".join(k) for k in wanted if k not in present]
 
 
 def paper_rows(block: str) -> pd.DataFrame:
     p = paper.paper_tables()
-    return p[p["table"] == paper.PAPER_BLOCKS[block]]
+    return p[p["table"] == paper.paper_block(block)]
 
 
 def rows_of(df: pd.DataFrame, setting: tuple[str, str, str]) -> pd.DataFrame:

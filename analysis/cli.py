@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+from qimera_core import tablespec
 from qimera_core.config import ArgumentParser
 
 from . import render, resolve, status
 from .load import AnalysisError, Results, load
-from .tables import METRICS, TABLES, make_tables, table_name
+from .tables import METRICS, make_tables, table_name
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="directory with the sweep's trials-*.parquet and curves-*.parquet")
     p.add_argument("--out", type=Path, required=True, help="directory to write into")
     p.add_argument("--table", action="append", default=None, metavar="N",
-                   help=f"table to make ({', '.join(TABLES)} or just the number); "
+                   help=f"table to make ({', '.join(tablespec.names())} or just the number); "
                         "repeat or comma-separate; default: every table with trials")
     p.add_argument("--metric", choices=sorted(METRICS), default="top1",
                    help="top1 = final accuracy (default); best_top1 = best epoch, chosen on the "
@@ -153,8 +154,8 @@ def write_plots(results: Results, args: argparse.Namespace, formats: tuple[str, 
     from . import plots  # matplotlib/seaborn load only when figures are wanted
 
     names = _names(args)
-    figure_tables = [n for n in (names or ["table6", "table8", "table9"])
-                     if n in ("table6", "table8", "table9")]
+    with_figure = [s.name for s in tablespec.specs(lambda s: bool(s.figure))]
+    figure_tables = [n for n in (names or with_figure) if n in with_figure]
     present = set().union(*results.trials["tables"]) if not results.trials.empty else set()
     tables = make_tables(results, [n for n in figure_tables if n in present],
                          **_table_kwargs(args))

@@ -6,7 +6,6 @@ method ("Qimera", "GDFQ", "Extracted Init + Freeze"), so the table code never se
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 import pandas as pd
 
 from qimera_core import results
+
+from . import racelog
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ _MODELS = {"resnet20_cifar10": "ResNet-20", "resnet20_cifar100": "ResNet-20",
 # Registry names of the DSG-comparison models vary (pytorchcv vs torchvision), so match prefixes.
 _MODEL_PREFIXES = (("inception", "InceptionV3"), ("sqnxt", "SqueezeNext"),
                    ("squeezenext", "SqueezeNext"), ("shufflenet", "ShuffleNet"))
-_STATUS_RANK = {"error": 0, "stopped": 1, "diverged": 1, "ok": 2}  # which row of a config_hash wins
 
 
 class AnalysisError(ValueError):
@@ -46,25 +46,23 @@ class Results:
     curves: pd.DataFrame
     running: pd.DataFrame
     # table -> the race log a `--seeds auto` sweep wrote (sweeps.race), for raced tables only
-    races: dict[str, dict[str, Any]] = field(default_factory=dict)
+    races: dict[str, racelog.RaceLog] = field(default_factory=dict)
 
 
-RACE_LOG = "race-{table}.json"   # DIR/race-table9.json: the settings and every round's decisions
-
-
-def read_races(directory: Path) -> dict[str, dict[str, Any]]:
+def read_races(directory: Path) -> dict[str, racelog.RaceLog]:
     """Every race log in `directory`; an unreadable one is skipped with a warning."""
     out = {}
-    for path in sorted(directory.glob(RACE_LOG.format(table="*"))):
+    for path in sorted(directory.glob(racelog.LOG_NAME.format(table="*"))):
         try:
-            log_ = json.loads(path.read_text("utf-8"))
-            out[log_["table"]] = log_
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("race log %s is unreadable (%s); its tables show no race marks", path, e)
+            log_ = racelog.read(path)
+        except racelog.RaceLogError as e:
+            log.warning("%s; its tables show no race marks", e)
+            continue
+        out[log_.table] = log_
     return out
 
 
-def race_of(source: Any, table: str) -> dict[str, Any] | None:
+def race_of(source: Any, table: str) -> racelog.RaceLog | None:
     """The race log of `table` in a Results (None for raw rows or a table that was not raced)."""
     return getattr(source, "races", {}).get(table)
 
@@ -135,15 +133,12 @@ def dedupe_trials(raw: pd.DataFrame) -> pd.DataFrame:
         out = raw.copy()
         out["tables"], out["attempts"] = pd.Series(dtype=object), pd.Series(dtype="int64")
         return out
-    df = raw.assign(_rank=raw["status"].map(_STATUS_RANK).fillna(-1),
-                    _when=pd.to_datetime(raw["finished_at"], utc=True, errors="coerce"))
-    df = df.sort_values(["config_hash", "_rank", "_when"], kind="stable")
-    groups = df.groupby("config_hash", sort=False)
+    groups = raw.groupby("config_hash", sort=False)
     tables = groups["table"].agg(lambda s: frozenset(s))
     attempts = groups.size()
-    best = groups.tail(1).set_index("config_hash", drop=False)
+    best = results.winning_rows(raw).set_index("config_hash", drop=False)
     best = best.assign(tables=tables.reindex(best.index), attempts=attempts.reindex(best.index))
-    return best.drop(columns=["_rank", "_when"]).reset_index(drop=True)
+    return best.reset_index(drop=True)
 
 
 def dedupe_curves(raw: pd.DataFrame) -> pd.DataFrame:

@@ -14,16 +14,24 @@ from importlib import resources
 
 import pandas as pd
 
-from qimera_core import config, results
+from qimera_core import config, results, tablespec
 
 from .load import dataset_label, model_label
 
 log = logging.getLogger(__name__)
 
-# Which block of paper_tables.csv each of our tables compares against.
-PAPER_BLOCKS = {"main": "main_results", "table6": "table6_noise_sigma",
-                "table7": "table7_extracted_init_freeze", "table8": "table8_dm_layers",
-                "table9": "table9_p_k", "table10": "table10_dsg", "fp32": "fp32_teachers"}
+FP32_BLOCK = "fp32_teachers"
+
+
+def paper_block(table: str) -> str:
+    """The block of paper_tables.csv a table compares against: its spec's `paper_block`
+    ("" for a table the paper does not have)."""
+    if table == "fp32":
+        return FP32_BLOCK
+    try:
+        return tablespec.get(table).paper_block
+    except KeyError:
+        return table
 PAPER_EPOCHS = 400
 
 
@@ -58,7 +66,7 @@ def lookup(block: str, dataset: str, model: str, bits: str, method: str,
     is not confused with a GDFQ σ cell.
     """
     df = paper_tables()
-    rows = df[(df["table"] == PAPER_BLOCKS.get(block, block)) & (df["dataset"] == dataset)
+    rows = df[(df["table"] == paper_block(block)) & (df["dataset"] == dataset)
               & (df["model"] == model) & (df["bits"] == bits) & (df["method"] == method)]
     for key in ("sigma_z", "dm_layers", "K", "p"):
         if key in params:
@@ -121,8 +129,8 @@ def paper_trials(table: str) -> pd.DataFrame:
     """
     df = paper_tables()
     # Table 7 = the main table's columns plus its own "Extracted Init + Freeze" column.
-    blocks = [PAPER_BLOCKS["main"], PAPER_BLOCKS[table]] if table == "table7" \
-        else [PAPER_BLOCKS[table]]
+    blocks = [paper_block("main"), paper_block(table)] if table == "table7" \
+        else [paper_block(table)]
     rows = df[df["table"].isin(blocks) & df["method"].isin(["Qimera", "GDFQ"])]
     out = []
     known = {m for (_, m, _) in _preset_for()}

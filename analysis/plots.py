@@ -17,6 +17,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from qimera_core import tablespec
 from qimera_core.results import METRICS
 
 from .cells import COMPARED_FIELDS, PaperTable
@@ -207,14 +208,19 @@ def training_curves(curves: pd.DataFrame, table: str) -> Figure:
     return fig
 
 
+# A spec's `figure` (qimera_core.tablespec) -> (file stem suffix, maker).
+FIGURES: dict[str, tuple[str, Callable[[PaperTable], Figure]]] = {
+    "heatmap": ("heatmap", heatmap_table9), "sigma": ("sigma", sigma_curves),
+    "dm": ("dm_layers", dm_curves)}
+
+
 def figure_jobs(tables: list[PaperTable], curves: pd.DataFrame, only: list[str] | None = None
                 ) -> list[tuple[str, Callable[[], Figure]]]:
     """(file stem, maker) for every figure the given tables and curves support; training
     curves for the tables in `only` (default: every table that has curves)."""
-    makers = {"table9": ("table9_heatmap", heatmap_table9),
-              "table6": ("table6_sigma", sigma_curves), "table8": ("table8_dm_layers", dm_curves)}
-    jobs = [(makers[t.name][0], functools.partial(makers[t.name][1], t))
-            for t in tables if t.name in makers]
+    jobs = [(f"{t.name}_{FIGURES[spec.figure][0]}",
+             functools.partial(FIGURES[spec.figure][1], t))
+            for t in tables if (spec := tablespec.get(t.name)).figure]
     names = sorted(set().union(*curves["tables"])) if not curves.empty else []
     names = [n for n in names if only is None or n in only]
     jobs += [(f"{n}_curves", functools.partial(training_curves, curves, n)) for n in names]

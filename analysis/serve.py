@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 
 from qimera_core import results as schema
+from qimera_core import tablespec
 
 from . import render, resolve
 from .cells import data_notes, tie_note
@@ -37,7 +38,7 @@ from .load import (
     load,
 )
 from .status import race_lines
-from .tables import TABLE_FUNCTIONS, TABLES
+from .tables import TABLE_FUNCTIONS, keyed
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,6 @@ DEFAULT_PORT = 8470
 REFRESH_S = 10.0  # a live page's state is rebuilt at least this often
 MIN_REBUILD_S = 2.0  # and at most this often (the page polls every 2 s)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# The config columns that place a trial in a table cell, and the columns that name a row.
-CELL_KEYS = {"table9": ["setting", "mix_classes", "mix_prob"], "table8": ["setting", "dm_layers"],
-             "table6": ["setting", "method_label", "noise_sigma"]}
-ROW_KEYS = {"table9": ["setting", "mix_classes"], "table8": ["dm_layers"]}
-_DEFAULT_CELL_KEYS, _DEFAULT_ROW_KEYS = ["setting", "method_label"], ["dataset", "model", "bits"]
 CURVE_METRICS = ("top1", "best_top1", "loss_s", "loss_kd", "loss_g", "loss_bns")
 
 
@@ -103,9 +99,8 @@ def _key(values: tuple) -> tuple:
     return tuple(round(v, 6) if isinstance(v, float) else v for v in values)
 
 
-def _row_label(c: pd.Series, keys: list[str]) -> str:
+def _row_label(c: pd.Series, keys: list[str], names: dict[str, str]) -> str:
     words = [str(c[k]) for k in keys if isinstance(c[k], str)]
-    names = {"mix_classes": "K", "dm_layers": "DM layers"}
     return ", ".join([" ".join(words)] * bool(words)
                      + [f"{names.get(k, k)}={c[k]:g}" for k in keys if not isinstance(c[k], str)])
 
@@ -148,11 +143,11 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
     final = fn(mine, metric="top1", compare_paper=True, race=race)
     best = fn(mine, metric="best_top1", compare_paper=True, race=race).cells
     cells = final.cells
-    cell_keys = CELL_KEYS.get(name, _DEFAULT_CELL_KEYS)
-    row_keys = ROW_KEYS.get(name, _DEFAULT_ROW_KEYS)
-    if name in ("table9", "table6"):
-        mine = mine.assign(**{k: mine[k].round(6) for k in ("mix_prob", "noise_sigma")})
+    spec = tablespec.get(name)
+    cell_keys, row_keys = spec.cell_keys, spec.row_keys
+    mine = keyed(spec, mine)
     groups = {_key(k): g for k, g in mine.groupby(cell_keys, sort=False, dropna=False)}
+    axis_names = {a.column: a.label for a in spec.axes}
     out = []
     for i, c in cells.iterrows():
         g = groups.get(_key(tuple(c[k] for k in cell_keys))) if c["kind"] == "ours" else None
@@ -160,7 +155,7 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
         live = g[g["status"] == "running"] if g is not None else pd.DataFrame()
         b = best.loc[i]
         out.append({
-            "id": int(i), "row": _row_label(c, row_keys), "column": str(c["column"]),
+            "id": int(i), "row": _row_label(c, row_keys, axis_names), "column": str(c["column"]),
             "kind": c["kind"], "state": _cell_state(c["kind"], counts),
             "counts": {k: int(v) for k, v in counts.items()}, "seeds": int(c["seeds"]),
             "mean": _num(c["mean"]), "std": _num(c["std"]), "n": int(c["n"]),
@@ -232,7 +227,8 @@ def page_state(directory: Path, storage: str = "") -> dict:
         results = _nothing_yet(directory)           # a sweep has started: all cells pending
     everything = _all_trials(results, _pending(directory, results))
     names = set().union(*everything["tables"]) if not everything.empty else set()
-    tables = [t for t in (_table_state(n, everything, results) for n in TABLES if n in names) if t]
+    tables = [t for t in (_table_state(n, everything, results) for n in tablespec.names()
+                         if n in names) if t]
     progress = _progress(everything, results, now)
     return {"results": str(directory), "error": "", "tables": tables, "progress": progress,
             "live": progress["live"], "links": links(storage),

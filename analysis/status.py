@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .load import Results, in_table
+from .racelog import RaceLog  # noqa: E402
 
 _COUNTS = ("ok", "error", "diverged", "stopped", "running")
 
@@ -68,22 +69,21 @@ def resolution_lines(results: Results, alpha: float = 0.05, covariate: bool = Fa
     return out
 
 
-def race_lines(race: dict) -> list[str]:
+def race_lines(race: RaceLog) -> list[str]:
     """One line per round of a race log, and how it stopped."""
     out = []
-    for r in race.get("rounds", []):
-        gone = ", ".join(f"{e['label']} (below {e['by']}, p={e['p']:.2g})" if e.get("by")
-                         else f"{e['label']} ({e['test']})" for e in r["eliminated"])
-        group = f" ({r['group']})" if r.get("group") else ""
-        best = r.get("best") or {}
-        out.append(f"round {r['round']}{group}: {r['trials']} trials, {len(r['alive'])} cells alive"
-                   + (f", look alpha {r['alpha']:.2g}" if r.get("alpha") is not None else "")
+    for r in race.rounds:
+        gone = ", ".join(f"{e.label} (below {e.by}, p={e.p:.2g})" if e.by
+                         else f"{e.label} ({e.test})" for e in r.eliminated)
+        group = f" ({r.group})" if r.group else ""
+        best = r.best
+        out.append(f"round {r.round}{group}: {r.trials} trials, {len(r.alive)} cells alive, "
+                   f"look alpha {r.alpha:.2g}"
                    + (f", pick {best['label']} ({best['mean']:.2f}, n={best['n']})" if best
                       else "")
                    + (f"; out: {gone}" if gone else "")
-                   + (f"; next: {sum(map(len, r['next'].values()))} trials" if r.get("next")
-                      else "")
-                   + (f"; stop: {r['stop']}" if r.get("stop") else "")
-                   + f"; {r['gpu_hours']:.3f} GPU-h, {r['trial_hours']:.3f} trial-h so far")
-    out.append(f"stopped: {race['stop']}" if race.get("stop") else "still running")
+                   + (f"; next: {sum(map(len, r.next.values()))} trials" if r.next else "")
+                   + (f"; stop: {r.stop}" if r.stop else "")
+                   + f"; {r.gpu_hours:.3f} GPU-h, {r.trial_hours:.3f} trial-h so far")
+    out.append(f"stopped: {race.stop}" if race.stop else "still running")
     return out

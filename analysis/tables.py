@@ -1,13 +1,18 @@
-"""The paper's tables from sweep results: one function per table, each returning a PaperTable
-(see analysis.cells) whose `frame` is the DataFrame in the paper's layout."""
+"""The paper's tables from sweep results, laid out from each table's spec
+(qimera_core.tablespec): one builder per layout, each returning a PaperTable (see
+analysis.cells) whose `frame` is the DataFrame in the paper's layout."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import pandas as pd
+
+from qimera_core import tablespec
+from qimera_core.tablespec import TableSpec
 
 from . import paper
 from .cells import (
@@ -27,68 +32,102 @@ from .cells import (
     unrun_paper_rows,
 )
 from .load import PAPER_DATASETS, AnalysisError, Results, race_of, setting_sort_key
+from .racelog import RaceLog
 from .stats import ALPHA
 
 log = logging.getLogger(__name__)
 
-TABLES = ("main", "table6", "table7", "table8", "table9", "table10")
-__all__ = ["METRICS", "PaperTable", "TABLES", "TABLE_FUNCTIONS", "make_tables",
+TABLES = ("main", "table6", "table7", "table8", "table9", "table10")   # the paper's
+__all__ = ["METRICS", "PaperTable", "TABLES", "TABLE_FUNCTIONS", "make_tables", "build",
            "table_name"]
+_ROWS = ["dataset", "model", "bits"]
 
 
-# ---- the tables ----------------------------------------------------------------------------
-def table9(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA,
-           race: dict | None = None) -> PaperTable:
-    """Supp. Table 9: accuracy vs K (rows) and p (columns), one block per dataset/model/bits."""
+# ---- one builder per layout ----------------------------------------------------------------
+def keyed(spec: TableSpec, trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials with their cell-key columns as the table's cells hold them (the live page
+    matches trials to cells with this too)."""
+    if spec.layout in ("grid", "levels"):
+        return trials.assign(**{a.column: levels_of(trials[a.column]) for a in spec.axes})
+    if spec.layout == "sigma":
+        return trials.assign(noise_sigma=trials["noise_sigma"].round(6))
+    return trials
+
+
+def levels_of(values: pd.Series) -> pd.Series:
+    """An axis's levels as the cells key them: whole numbers as int, others rounded to 1e-6
+    (0.1 + 0.2 and 0.3 are one level)."""
+    v = pd.to_numeric(values, errors="coerce")
+    if v.notna().all() and (v == v.round()).all():
+        return v.astype(int)
+    return v.round(6)
+
+
+def _paper_axes(spec: TableSpec, c: pd.Series) -> tuple | None:
+    """The paper's number of one grid/levels cell, by the axes that have a paper name."""
+    if not spec.paper_block:
+        return None
+    params = {a.paper: getattr(c, a.column) for a in spec.axes if a.paper}
+    return paper.lookup(spec.name, c.dataset, c.model, c.bits, spec.paper_method, **params)
+
+
+def _paper_levels(spec: TableSpec, theirs: pd.DataFrame, axis) -> set:
+    if not axis.paper or axis.paper not in theirs or theirs.empty:
+        return set()
+    return set(levels_of(theirs[axis.paper].dropna()))
+
+
+def grid(spec: TableSpec, source: Results | pd.DataFrame, *, metric: str = "top1",
+         seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA,
+         race: RaceLog | None = None) -> PaperTable:
+    """Rows = the levels of the second axis, columns = the first's, a block per setting
+    (Table 9: K x p)."""
     check_metric(metric)
-    trials = table_trials(source, "table9")
-    trials["mix_prob"] = trials["mix_prob"].round(6)
-    n, settings, theirs = expected_seeds(trials, seeds), settings_of(trials), paper_rows("table9")
+    cols, rows_axis = spec.axes[0], spec.axes[1]
+    trials = keyed(spec, table_trials(source, spec.name))
+    n, settings = expected_seeds(trials, seeds), settings_of(trials)
+    theirs = paper_rows(spec.name)
     present = pd.concat([rows_of(theirs, s) for s in settings])
-    ps = sorted(set(trials["mix_prob"]) | set(present["p"].round(6)))
+    levels = sorted(set(trials[cols.column]) | _paper_levels(spec, present, cols))
     rows = []
     for s in settings:
-        ks = set(rows_of(trials, s)["mix_classes"].astype(int))
-        ks |= set(rows_of(theirs, s)["K"].astype(int))
-        rows += [dict(**setting_columns(s), mix_classes=k, mix_prob=p, column=f"{p:.2f}")
-                 for k in sorted(ks) for p in ps]
-    cells = aggregate(trials, pd.DataFrame(rows), ["setting", "mix_classes", "mix_prob"],
-                       metric, n)
-    add_paper(cells, lambda c: paper.lookup("table9", c.dataset, c.model, c.bits, "Qimera",
-                                             K=c.mix_classes, p=c.mix_prob))
-    rename = {"mix_classes": "K", "mix_prob": "p", "column": "p"}
-    title = make_title("Table 9", "accuracy vs. superposition probability p and classes per "
-                   "sample K (Qimera)", trials, metric)
-    return finish("table9", title, trials, cells, ["setting", "mix_classes"], rename,
-                   ["setting"], metric, n, compare_paper, unrun_paper_rows("table9", settings),
-                  alpha=alpha, race=race or race_of(source, "table9"))
+        ks = set(rows_of(trials, s)[rows_axis.column])
+        ks |= _paper_levels(spec, rows_of(theirs, s), rows_axis)
+        rows += [{**setting_columns(s), rows_axis.column: k, cols.column: p,
+                  "column": cols.fmt.format(p)} for k in sorted(ks) for p in levels]
+    cells = aggregate(trials, pd.DataFrame(rows), ["setting", rows_axis.column, cols.column],
+                      metric, n)
+    add_paper(cells, functools.partial(_paper_axes, spec))
+    rename = {rows_axis.column: rows_axis.label, cols.column: cols.label, "column": cols.label}
+    title = make_title(spec.title, spec.subtitle, trials, metric)
+    return finish(spec.name, title, trials, cells, ["setting", rows_axis.column], rename,
+                  ["setting"], metric, n, compare_paper, unrun_paper_rows(spec.name, settings),
+                  alpha=alpha, race=race or race_of(source, spec.name))
 
 
-def _table8_column(s: tuple[str, str, str]) -> str:
+def _levels_column(s: tuple[str, str, str]) -> str:
     d, m, b = s  # the paper's columns are just the data set (ResNet-20, 4w4a)
     return d if (m, b) == ("ResNet-20", "4w4a") and d in PAPER_DATASETS else " ".join(s)
 
 
-def table8(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA,
-           race: dict | None = None) -> PaperTable:
-    """Supp. Table 8: accuracy vs number of DM layers (rows), one column per data set."""
+def levels(spec: TableSpec, source: Results | pd.DataFrame, *, metric: str = "top1",
+           seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA,
+           race: RaceLog | None = None) -> PaperTable:
+    """Rows = the levels of the one axis, one column per setting (Table 8: DM layers)."""
     check_metric(metric)
-    trials = table_trials(source, "table8")
-    n, settings, theirs = expected_seeds(trials, seeds), settings_of(trials), paper_rows("table8")
-    dms = sorted(set(trials["dm_layers"].astype(int)) | set(theirs["dm_layers"].astype(int)))
-    rows = [dict(**setting_columns(s), dm_layers=dm, column=_table8_column(s))
-            for dm in dms for s in settings]
-    cells = aggregate(trials, pd.DataFrame(rows), ["setting", "dm_layers"], metric, n)
-    add_paper(cells, lambda c: paper.lookup("table8", c.dataset, c.model, c.bits, "Qimera",
-                                             dm_layers=c.dm_layers))
-    title = make_title("Table 8", "accuracy vs. number of disentanglement-mapping (DM) layers",
-                   trials, metric)
-    return finish("table8", title, trials, cells, ["dm_layers"], {"dm_layers": "DM layers"},
-                   ["column"], metric, n, compare_paper, unrun_paper_rows("table8", settings),
-                  alpha=alpha, race=race or race_of(source, "table8"))
-
+    axis = spec.axes[0]
+    trials = keyed(spec, table_trials(source, spec.name))
+    n, settings = expected_seeds(trials, seeds), settings_of(trials)
+    theirs = paper_rows(spec.name)
+    values = sorted(set(trials[axis.column]) | _paper_levels(spec, theirs, axis))
+    rows = [{**setting_columns(s), axis.column: v, "column": _levels_column(s)}
+            for v in values for s in settings]
+    cells = aggregate(trials, pd.DataFrame(rows), ["setting", axis.column], metric, n)
+    add_paper(cells, functools.partial(_paper_axes, spec))
+    title = make_title(spec.title, spec.subtitle, trials, metric)
+    return finish(spec.name, title, trials, cells, [axis.column], {axis.column: axis.label},
+                  ["column"], metric, n, compare_paper, unrun_paper_rows(spec.name, settings),
+                  alpha=alpha, race=race or race_of(source, spec.name))
 
 def _table6_columns(trials: pd.DataFrame, theirs: pd.DataFrame) -> list[tuple[str, float, str]]:
     gdfq = trials[trials["method_label"] == "GDFQ"]
@@ -101,14 +140,15 @@ def _table6_columns(trials: pd.DataFrame, theirs: pd.DataFrame) -> list[tuple[st
     return cols
 
 
-def table6(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA,
-           race: dict | None = None) -> PaperTable:
-    """Supp. Table 6: GDFQ at noise scale σ (columns) per data set, model, bits; Qimera beside."""
+def sigma(spec: TableSpec, source: Results | pd.DataFrame, *, metric: str = "top1",
+          seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA,
+          race: RaceLog | None = None) -> PaperTable:
+    """GDFQ at noise scale σ (columns) per data set, model, bits; the other methods beside
+    (Table 6)."""
     check_metric(metric)
-    trials = table_trials(source, "table6")
-    trials["noise_sigma"] = trials["noise_sigma"].round(6)
-    n, settings, theirs = expected_seeds(trials, seeds), settings_of(trials), paper_rows("table6")
+    trials = keyed(spec, table_trials(source, spec.name))
+    n, settings = expected_seeds(trials, seeds), settings_of(trials)
+    theirs = paper_rows(spec.name)
     cols = _table6_columns(trials, theirs)
     rows = [dict(**setting_columns(s), method_label=m, noise_sigma=sig, column=label)
             for s in settings for m, sig, label in cols]
@@ -117,26 +157,36 @@ def table6(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int |
 
     def lookup(c: pd.Series) -> tuple | None:
         if c.method_label == "GDFQ":
-            return paper.lookup("table6", c.dataset, c.model, c.bits, "GDFQ", sigma_z=c.noise_sigma)
+            return paper.lookup(spec.name, c.dataset, c.model, c.bits, "GDFQ",
+                                sigma_z=c.noise_sigma)
         if c.method_label == "Qimera" and c.noise_sigma == 1.0:
-            return paper.lookup("table6", c.dataset, c.model, c.bits, "Qimera")
+            return paper.lookup(spec.name, c.dataset, c.model, c.bits, "Qimera")
         return None
 
     add_paper(cells, lookup)
-    title = make_title("Table 6", "GDFQ accuracy vs. noise scale σ, with Qimera for reference",
-                   trials, metric)
-    return finish("table6", title, trials, cells, ["dataset", "model", "bits"],
-                   {"column": "method"}, ["dataset", "model", "bits"], metric, n,
-                   compare_paper, unrun_paper_rows("table6", settings),
-                  alpha=alpha, race=race or race_of(source, "table6"))
+    title = make_title(spec.title, spec.subtitle, trials, metric)
+    return finish(spec.name, title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric,
+                  n, compare_paper, unrun_paper_rows(spec.name, settings),
+                  alpha=alpha, race=race or race_of(source, spec.name))
 
 
-def _paper_cells(settings: list, methods: list[str], block: str) -> list[dict]:
+def _paper_value(spec: TableSpec, setting: tuple[str, str, str], label: str) -> tuple | None:
+    """A method column's paper number: the spec's own paper rows first, then those of the
+    tables it also shows (Table 7 shows the main table's)."""
+    method, params = spec.paper_methods.get(label, (label, {}))
+    for table in (spec.name, *spec.paper_also):
+        found = paper.lookup(table, *setting, method, **params)
+        if found:
+            return found
+    return None
+
+
+def _paper_cells(spec: TableSpec, settings: list) -> list[dict]:
     """Baselines we do not run (ZeroQ, ZAQ, DSG): the paper's value, or '-' where it has none."""
     out = []
     for s in settings:
-        for m in methods:
-            found = paper.lookup(block, *s, m)
+        for m in spec.quoted:
+            found = _paper_value(spec, s, m)
             out.append(dict(**setting_columns(s), method_label=m, column=m, kind="paper",
                             mean=found[0] if found else math.nan, std=math.nan, n=0,
                             status="paper" if found else "not run",
@@ -157,121 +207,104 @@ def _teacher_cells(trials: pd.DataFrame, settings: list) -> list[dict]:
     return out
 
 
-def _method_table(name: str, source: Results | pd.DataFrame, metric: str, seeds: int | None,
-                  compare: bool, ours: list[str], baselines: list[str]) -> tuple:
-    """Rows = data set/model/bits, columns = FP32, paper baselines, our methods (in that order)."""
+def methods(spec: TableSpec, source: Results | pd.DataFrame, *, metric: str = "top1",
+            seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA,
+            race: RaceLog | None = None) -> PaperTable:
+    """Rows = data set/model/bits, columns = FP32, the quoted baselines, our methods (in that
+    order), and an improvement column where the spec asks for one (Table 10)."""
     check_metric(metric)
-    trials = table_trials(source, name)
+    trials = table_trials(source, spec.name)
     n, settings = expected_seeds(trials, seeds), settings_of(trials)
-    ours = ours + sorted(set(trials["method_label"]) - set(ours))
-    grid = pd.DataFrame([dict(**setting_columns(s), method_label=m, column=m)
-                         for s in settings for m in ours])
-    mine = aggregate(trials, grid, ["setting", "method_label"], metric, n)
-    block = "table10" if name == "table10" else "main"
-    parts = [pd.DataFrame(_teacher_cells(trials, settings)),
-             pd.DataFrame(_paper_cells(settings, baselines, block)), mine]
+    ours = list(spec.methods) + sorted(set(trials["method_label"]) - set(spec.methods))
+    grid_ = pd.DataFrame([dict(**setting_columns(s), method_label=m, column=m)
+                          for s in settings for m in ours])
+    mine = aggregate(trials, grid_, ["setting", "method_label"], metric, n)
+    parts = [pd.DataFrame(_teacher_cells(trials, settings)) if spec.teacher_column
+             else pd.DataFrame(), pd.DataFrame(_paper_cells(spec, settings)), mine]
     cells = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    order = {c: i for i, c in enumerate(["FP32", *baselines, *ours])}
+    order = {c: i for i, c in enumerate(["FP32", *spec.quoted, *ours])}
     cells["_rank"] = [(setting_sort_key(d, m, b), order[c]) for d, m, b, c in
                       zip(cells["dataset"], cells["model"], cells["bits"], cells["column"],
                           strict=True)]
     cells = cells.sort_values("_rank", kind="stable").reset_index(drop=True)
-    return trials, n, settings, cells
 
-
-def _method_lookup(block: str) -> Callable[[pd.Series], tuple | None]:
     def lookup(c: pd.Series) -> tuple | None:
-        d, m, b = c.dataset, c.model, c.bits
         if c.kind == "teacher":
-            return paper.lookup("fp32", d, m, "32w32a", "FP32")
-        if c.method_label == "Extracted Init + Freeze":
-            return paper.lookup("table7", d, m, b, "Qimera", freeze=True)
-        return paper.lookup(block, d, m, b, c.method_label)
-    return lookup
+            return paper.lookup("fp32", c.dataset, c.model, "32w32a", "FP32")
+        return _paper_value(spec, (c.dataset, c.model, c.bits), c.method_label)
+
+    add_paper(cells, lookup)
+    if spec.improvement_over:
+        cells = pd.concat([cells, _improvement(spec, cells)], ignore_index=True)
+        cells = cells.sort_values("_rank", kind="stable").reset_index(drop=True)
+    title = make_title(spec.title, spec.subtitle, trials, metric)
+    return finish(spec.name, title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric,
+                  n, compare_paper, unrun_paper_rows(spec.name, settings),
+                  alpha=alpha, race=race or race_of(source, spec.name))
 
 
-_ROWS = ["dataset", "model", "bits"]
-
-
-def main_table(source: Results | pd.DataFrame, *, metric: str = "top1",
-               seeds: int | None = None, compare_paper: bool = False, alpha: float = ALPHA,
-           race: dict | None = None) -> PaperTable:
-    """Main results: ZeroQ, ZAQ (paper's values), GDFQ and Qimera per data set, model, bits."""
-    trials, n, settings, cells = _method_table("main", source, metric, seeds, compare_paper,
-                                               ["GDFQ", "Qimera"], ["ZeroQ", "ZAQ"])
-    add_paper(cells, _method_lookup("main"))
-    title = make_title("Main results", "data-free quantization accuracy", trials, metric)
-    return finish("main", title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric, n,
-                   compare_paper, unrun_paper_rows("main", settings),
-                  alpha=alpha, race=race or race_of(source, "main"))
-
-
-def table7(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-           compare_paper: bool = False, alpha: float = ALPHA,
-           race: dict | None = None) -> PaperTable:
-    """Supp. Table 7: the main comparison plus Qimera with extracted, frozen embeddings."""
-    trials, n, settings, cells = _method_table(
-        "table7", source, metric, seeds, compare_paper,
-        ["GDFQ", "Qimera", "Extracted Init + Freeze"], ["ZeroQ", "ZAQ"])
-    add_paper(cells, _method_lookup("main"))
-    title = make_title("Table 7", "extracted embedding init + freeze vs. trained embeddings",
-                   trials, metric)
-    return finish("table7", title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric,
-                   n, compare_paper, unrun_paper_rows("table7", settings),
-                  alpha=alpha, race=race or race_of(source, "table7"))
-
-
-def table10(source: Results | pd.DataFrame, *, metric: str = "top1", seeds: int | None = None,
-            compare_paper: bool = False, alpha: float = ALPHA,
-           race: dict | None = None) -> PaperTable:
-    """Supp. Table 10: Qimera vs DSG (DSG's own reported numbers) and Qimera's improvement."""
-    trials, n, settings, cells = _method_table("table10", source, metric, seeds, compare_paper,
-                                               ["Qimera"], ["DSG"])
-    cells = cells[cells["kind"] != "teacher"].reset_index(drop=True)
-    add_paper(cells, _method_lookup("table10"))
-    cells = pd.concat([cells, _improvement(cells)], ignore_index=True)
-    cells = cells.sort_values("_rank", kind="stable").reset_index(drop=True)
-    title = make_title("Table 10", "comparison with DSG", trials, metric)
-    return finish("table10", title, trials, cells, _ROWS, {"column": "method"}, _ROWS, metric,
-                   n, compare_paper, unrun_paper_rows("table10", settings),
-                  alpha=alpha, race=race or race_of(source, "table10"))
-
-
-def _improvement(cells: pd.DataFrame) -> pd.DataFrame:
-    """Qimera (ours) minus DSG (paper), per row: the paper's 'improvement' column."""
-    q = cells[cells["column"] == "Qimera"].set_index("setting")
-    dsg = cells[cells["column"] == "DSG"].set_index("setting")["mean"]
+def _improvement(spec: TableSpec, cells: pd.DataFrame) -> pd.DataFrame:
+    """Our first method (ours) minus the baseline (paper), per row: the paper's 'improvement'
+    column."""
+    base, mine = spec.improvement_over, spec.methods[0]
+    q = cells[cells["column"] == mine].set_index("setting")
+    other = cells[cells["column"] == base].set_index("setting")["mean"]
     out = q.copy()
-    out["mean"] = q["mean"] - dsg.reindex(q.index)
+    out["mean"] = q["mean"] - other.reindex(q.index)
     out["kind"], out["column"], out["method_label"] = "derived", "Improvement", "Improvement"
-    imp = [paper.lookup("table10", r.dataset, r.model, r.bits, "Qimera") for _, r in q.iterrows()]
-    dsg = dsg.reindex(q.index)
-    out["paper"] = [f[0] - d if f else math.nan for f, d in zip(imp, dsg, strict=True)]
+    imp = [paper.lookup(spec.name, r.dataset, r.model, r.bits, mine) for _, r in q.iterrows()]
+    other = other.reindex(q.index)
+    out["paper"] = [f[0] - d if f else math.nan for f, d in zip(imp, other, strict=True)]
     out["delta"] = out["mean"] - out["paper"]
     out["_rank"] = [(r[0], 99) for r in q["_rank"]]
     return out.reset_index()
 
 
-TABLE_FUNCTIONS: dict[str, Callable[..., PaperTable]] = {
-    "main": main_table, "table6": table6, "table7": table7, "table8": table8,
-    "table9": table9, "table10": table10}
+LAYOUT_BUILDERS: dict[str, Callable[..., PaperTable]] = {
+    "grid": grid, "levels": levels, "sigma": sigma, "methods": methods}
+
+
+def build(name: str, source: Results | pd.DataFrame, **kwargs) -> PaperTable:
+    """The registered table `name` from `source`, laid out by its spec's layout."""
+    spec = tablespec.get(name)
+    return LAYOUT_BUILDERS[spec.layout](spec, source, **kwargs)
+
+
+class _Functions(Mapping[str, Callable[..., PaperTable]]):
+    """TABLE_FUNCTIONS["table9"](source, ...): every registered table, as the registry stands
+    when asked (a table registered later is in it)."""
+
+    def __getitem__(self, name: str) -> Callable[..., PaperTable]:
+        if name not in tablespec.names():
+            raise KeyError(name)
+        return functools.partial(build, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(tablespec.names())
+
+    def __len__(self) -> int:
+        return len(tablespec.names())
+
+
+TABLE_FUNCTIONS: Mapping[str, Callable[..., PaperTable]] = _Functions()
 
 
 def table_name(arg: str) -> str:
     """'9', 'table9' or 'main' -> the table's name; a clear error for anything else."""
     name = arg.strip().lower()
     name = f"table{name}" if name.isdigit() else name
-    if name not in TABLE_FUNCTIONS:
-        raise AnalysisError(f"unknown table {arg!r}; choose from {', '.join(TABLES)} "
-                            "(or just the number, e.g. 9)")
+    if name not in tablespec.names():
+        raise AnalysisError(f"unknown table {arg!r}; choose from "
+                            f"{', '.join(tablespec.names())} (or just the number, e.g. 9)")
     return name
 
 
 def make_tables(results: Results, names: list[str] | None = None, **kwargs) -> list[PaperTable]:
     """Every requested table that has trials (all present ones when `names` is None)."""
     present = set().union(*results.trials["tables"]) if not results.trials.empty else set()
-    wanted = names or [t for t in TABLES if t in present]
-    skipped = sorted(present - set(TABLE_FUNCTIONS))
+    known = tablespec.names()
+    wanted = names or [t for t in known if t in present]
+    skipped = sorted(present - set(known))
     if skipped:
-        log.info("trials tagged %s have no paper layout; left out of the tables", skipped)
-    return [TABLE_FUNCTIONS[t](results, **kwargs) for t in wanted]
+        log.info("trials tagged %s have no table spec; left out of the tables", skipped)
+    return [build(t, results, **kwargs) for t in wanted]

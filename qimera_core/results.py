@@ -38,6 +38,8 @@ METRICS = ("epoch", "top1", "top5", "best_top1", "best_epoch", "teacher_top1", "
            "wall_time_s", "step_time_s", "loss_g", "loss_g_ce", "loss_bns", "loss_s", "loss_kd",
            "loss_s_ce", "diverged")
 STATUSES = ("ok", "error", "diverged", "stopped")  # stopped: ended early by a scheduler (ASHA)
+# Which row of a config hash wins when it has several (a retry, a rerun, a restored trial).
+STATUS_RANK = {"error": 0, "stopped": 1, "diverged": 1, "ok": 2}
 # Rows of trials that have not ended: a curve row written as its epoch is reported (running),
 # and a sweep's plan row for a trial not yet reported (pending). Never in a trials row.
 LIVE_STATUSES = ("running", "pending")
@@ -211,3 +213,15 @@ def run_environment() -> dict[str, str]:
                 pass
         _ENV = {"git_sha": sha, "versions": json.dumps(versions, sort_keys=True)}
     return _ENV
+
+
+def winning_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per config hash, the one that counts: the best status (ok over diverged or
+    stopped over error, STATUS_RANK), the newest `finished_at` among those. The one rule for
+    the sweeps (what is done), the race (its rounds) and the analysis (the tables)."""
+    if rows.empty:
+        return rows.copy()
+    df = rows.assign(_rank=rows["status"].map(STATUS_RANK).fillna(-1),
+                     _when=pd.to_datetime(rows["finished_at"], utc=True, errors="coerce"))
+    df = df.sort_values(["config_hash", "_rank", "_when"], kind="stable")
+    return df.groupby("config_hash", sort=False).tail(1).drop(columns=["_rank", "_when"])

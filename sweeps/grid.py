@@ -9,11 +9,11 @@ import difflib
 import itertools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qimera_core.config import FIELD_NAMES, FIELDS, PRESETS, RUN_ONLY_FIELDS, TrainConfig
+from qimera_core.tablespec import Block  # noqa: F401 (sweeps.grid.Block, as before)
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,6 @@ _PATH_PREFIXES = ("npz:", "imagenet:")          # eval_data forms that carry a p
 
 class GridError(ValueError):
     """A sweep that cannot run as written; the message names the key, the value and the fix."""
-
-
-@dataclass(frozen=True)
-class Block:
-    """One group of rows of a paper table: a base setting and the axes swept over it.
-
-    `row` names the block for `--only` (a substring match), e.g. "cifar100-resnet20-4w4a".
-    """
-
-    row: str
-    base: TrainConfig | Mapping[str, Any]
-    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
-
-    def base_dict(self) -> dict[str, Any]:
-        if isinstance(self.base, TrainConfig):
-            return self.base.to_dict()
-        return dict(self.base)
 
 
 def _suggest(key: str) -> str:

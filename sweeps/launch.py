@@ -26,7 +26,7 @@ import pyarrow.fs
 import ray
 from ray import tune
 
-from analysis.load import RACE_LOG
+from analysis import racelog
 from analysis.status import race_lines
 from qimera_core import results
 from qimera_core.config import TrainConfig, overrides_from_args
@@ -265,7 +265,7 @@ def run_race(table: str, blocks: Sequence[Block], args: argparse.Namespace, pref
     groups = race.groups(chosen)
     axes = grid.swept_axes(blocks)
     plan = {"smoke_test": args.smoke_test, "offline": args.offline, "only": args.only}
-    log_path = results_dir / RACE_LOG.format(table=table)
+    log_path = results_dir / racelog.LOG_NAME.format(table=table)
     try:
         race.check_delta(settings, paper_spreads(table, groups, grid.swept_axes(blocks)))
         race.check_round0(settings, settings.n0 * sum(map(len, groups.values())),
@@ -280,16 +280,16 @@ def run_race(table: str, blocks: Sequence[Block], args: argparse.Namespace, pref
     while True:
         done = _done_rows(table, results_dir)
         states = race.replay(groups, done, settings)
-        race_log = race.log_dict(table, name, plan, settings, states)
+        race_log = race.make_log(table, name, plan, settings, states)
         if not args.dry_run:
-            race.write_log(log_path, race_log)
+            racelog.write(log_path, race_log)
         lines = race_lines(race_log)[:-1]                  # the rounds so far, not the verdict
         for line in lines[shown:]:
             print(f"{table}: race {line}")
         shown = len(lines)
         todo = [t for st in states for t in st.todo]
         if not todo:
-            print(f"{table}: race over: {race_log['stop']}; rows in {results_dir}")
+            print(f"{table}: race over: {race_log.stop}; rows in {results_dir}")
             return keep_open(page, table, status)
         r = max(st.round for st in states if st.todo)
         if args.dry_run:
@@ -363,8 +363,7 @@ def _done_rows(table: str, results_dir: Path) -> Any:
     """This table's ended trials (finished or errored), one per config hash, by hash."""
     df = rows.read_trials(results_dir)
     df = df[(df["table"] == table) & df["status"].isin([*rows.FINISHED, "error"])]
-    return df.sort_values("finished_at").drop_duplicates("config_hash", keep="last") \
-        .set_index("config_hash")
+    return results.winning_rows(df).set_index("config_hash")
 
 
 def _race_name(table: str, args: argparse.Namespace, prefix: str, results_dir: Path,
@@ -384,15 +383,15 @@ def _race_name(table: str, args: argparse.Namespace, prefix: str, results_dir: P
                             "--resume (finished trials in --results are reused)")
         return experiment_name(args, prefix)
     mine = dataclasses.asdict(settings)
-    diff = [f"{k}={mine[k]} (logged {old['settings'].get(k)})" for k in mine
-            if old["settings"].get(k) != mine[k]]
-    diff += [f"{k}={plan[k]} (logged {old['plan'].get(k)})" for k in plan
-             if old["plan"].get(k) != plan[k]]
+    diff = [f"{k}={mine[k]} (logged {old.settings.get(k)})" for k in mine
+            if old.settings.get(k) != mine[k]]
+    diff += [f"{k}={plan[k]} (logged {old.plan.get(k)})" for k in plan
+             if old.plan.get(k) != plan[k]]
     if diff:
         raise GridError(f"--results holds a {table} race with other settings: "
                         f"{'; '.join(diff)}. Pass the same flags to continue it, or a fresh "
                         "--results for a new race")
-    return old["name"]
+    return old.name
 
 
 # ---- search mode (sweeps.search) -------------------------------------------------------------

@@ -6,16 +6,12 @@ MobileNetV2; 4w4a and 5w5a), each from its preset (p and K of the official run s
     python -m sweeps.main [--smoke-test] [--only cifar] [--seeds 3]
 """
 
-from qimera_core.config import METHODS, PAPER_PRESETS, build
-from sweeps.grid import Block
+from qimera_core.tablespec import get
 
-ROWS = list(PAPER_PRESETS)
-
-BLOCKS = [Block(f"{preset}/{method}", build(preset, method=method))
-          for preset in ROWS for method in METHODS]
+BLOCKS = get("main").blocks      # the spec (qimera_core.paper_specs) holds the table
 
 if __name__ == "__main__":
     import sys
 
-    from sweeps.launch import main as run
-    sys.exit(run("main", BLOCKS, doc=__doc__))
+    from sweeps.launch import main
+    sys.exit(main("main", BLOCKS, doc=__doc__))

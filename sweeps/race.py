@@ -25,7 +25,6 @@ is written from the replay; it holds the settings, which the rows do not.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import stats
+from analysis import racelog, stats
+from analysis.racelog import Elimination, RaceLog, RoundLog
 from qimera_core.config import TrainConfig
 from sweeps import grid
 from sweeps.grid import Block
@@ -112,24 +112,9 @@ class Cell:
 
 
 @dataclass
-class Round:
-    round: int
-    trials: int                                   # trials this round ran
-    alive: list[str]                              # labels of the cells raced in this round
-    alpha: float                                  # this look's share of the race's alpha
-    best: dict[str, Any]
-    eliminated: list[dict[str, Any]]
-    next: dict[str, list[int]]                    # label -> seeds of the next round
-    stop: str = ""
-    gpu_hours: float = 0.0                        # cumulative, from the rows
-    trial_hours: float = 0.0                      # cumulative trial wall time
-    wall_hours: float = 0.0                       # cumulative wall clock, first start to last end
-
-
-@dataclass
 class GroupState:
     group: str
-    rounds: list[Round] = field(default_factory=list)
+    rounds: list[RoundLog] = field(default_factory=list)
     todo: list[TrainConfig] = field(default_factory=list)  # trials of the round in progress
     round: int = 0                                # the round in progress (or the last one)
     stop: str = ""                                # why it ended; "" = still racing
@@ -143,13 +128,13 @@ def groups(blocks: Sequence[Block]) -> dict[str, list[Cell]]:
     ("CIFAR-10 ResNet-20 4w4a"), as the tables pick a best: rows `<setting>/<variant>`, such
     as the main table's GDFQ and Qimera rows, race together."""
     from analysis.load import add_labels
-    from analysis.raced import RACE_CELL_FIELDS
     out: dict[str, list[Cell]] = {}
+    named = ["setting", "method_label", *grid.swept_axes(blocks)]
     for block in blocks:
         cfgs = grid.block_trials(block, [0])
         labels = add_labels(pd.DataFrame([c.to_dict() for c in cfgs]))
         for cfg, (_, lab) in zip(cfgs, labels.iterrows(), strict=True):
-            fields = {k: _plain(lab[k]) for k in RACE_CELL_FIELDS if k in lab}
+            fields = {k: _plain(lab[k]) for k in named if k in lab}
             text = " ".join(f"{a}={_plain(getattr(cfg, a))}" for a in block.grid) or \
                 str(lab["method_label"])
             out.setdefault(str(fields["setting"]), []).append(
@@ -294,7 +279,7 @@ def replay(groups: Mapping[str, Sequence[Cell]], done: pd.DataFrame, s: Settings
                 st.stop = "no cell has a finished value"
                 continue
             d = decide(values, live, st.n, s, st.round + 1)
-            st.rounds.append(_round(st.round, len(trials[g]), alive[g], cells, values, st.n, d,
+            st.rounds.append(_round(g, st.round, len(trials[g]), alive[g], cells, values, st.n, d,
                                     empty, gpu_h, trial_h, wall_h))
             alive[g] = d.survivors
             st.round += 1
@@ -315,7 +300,8 @@ def replay(groups: Mapping[str, Sequence[Cell]], done: pd.DataFrame, s: Settings
                     if g in winner:
                         st.remeasured = dict(skipped=why)
                     else:
-                        st.stop = st.rounds[-1].stop = why
+                        st.stop = why
+                        st.rounds[-1] = dataclasses.replace(st.rounds[-1], stop=why)
                         st.winner = st.rounds[-1].best["label"]
                 after = {}
         plan = after
@@ -332,23 +318,30 @@ def _remeasured(cell: Cell, seeds: Sequence[int], done: pd.DataFrame) -> dict[st
                 ci_low=lo, ci_high=hi)
 
 
-def _round(r: int, trials: int, alive: Sequence[str], cells: Mapping[str, Cell],
+def _round(group: str, r: int, trials: int, alive: Sequence[str], cells: Mapping[str, Cell],
            values: Mapping[str, Mapping[int, float]], n: Mapping[str, int], d: Decision,
-           empty: Sequence[str], gpu_h: float, trial_h: float, wall_h: float) -> Round:
+           empty: Sequence[str], gpu_h: float, trial_h: float, wall_h: float) -> RoundLog:
     def mean(k: str) -> float:
         return float(sum(values[k].values()) / len(values[k]))
-    return Round(
-        round=r, trials=trials, alive=[cells[k].label for k in alive], alpha=d.alpha,
+    return RoundLog(
+        group=group, round=r, trials=trials, alive=[cells[k].label for k in alive], alpha=d.alpha,
         best=dict(label=cells[d.pick].label, key=d.pick, mean=mean(d.pick),
                   n=len(values[d.pick])),
-        eliminated=[dict(cell=dict(cells[k].fields), label=cells[k].label, key=k, mean=mean(k),
+        eliminated=[Elimination(cell=dict(cells[k].fields), label=cells[k].label, key=k,
+                                mean=mean(k),
                          n=len(values[k]), p=o["p"], by=cells[o["by"]].label, test=o["test"],
-                         upper=o["upper"])
+                         upper=o["upper"], trials=_hashes(cells[k], n[k]))
                     for k, o in d.out.items()]
-        + [dict(cell=dict(cells[k].fields), label=cells[k].label, key=k, mean=math.nan, n=0,
-                p=math.nan, by="", test="no finished value", upper=math.nan) for k in empty],
+        + [Elimination(cell=dict(cells[k].fields), label=cells[k].label, key=k, mean=math.nan,
+                       n=0, p=math.nan, by="", test="no finished value", upper=math.nan,
+                       trials=_hashes(cells[k], n[k])) for k in empty],
         next={cells[k].label: list(range(n[k], n[k] + m)) for k, m in d.more.items()},
         stop=d.stop, gpu_hours=gpu_h, trial_hours=trial_h, wall_hours=wall_h)
+
+
+def _hashes(cell: Cell, n: int) -> list[str]:
+    """The config hashes of a cell's trials so far: how the tables find the cell (by hash)."""
+    return [cell.at(s).config_hash for s in range(n)]
 
 
 def _budget_stop(s: Settings, next_trials: int, gpu_h: float, wall_h: float, used: int
@@ -396,33 +389,23 @@ def describe(s: Settings) -> str:
 
 
 # ---- the log -------------------------------------------------------------------------------------
-def log_dict(table: str, name: str, plan: Mapping[str, Any], s: Settings,
-             states: Sequence[GroupState]) -> dict[str, Any]:
+def make_log(table: str, name: str, plan: Mapping[str, Any], s: Settings,
+             states: Sequence[GroupState]) -> RaceLog:
     """The race log: settings, and per group every round's decisions (see the module doc)."""
-    rounds = [{**dataclasses.asdict(r), "group": g.group} for g in states for r in g.rounds]
     stops = [f"{g.group}: {g.stop}" + (f" (winner {g.winner})" if g.winner else "")
              for g in states if g.stop]
     done = all(g.stop and not g.todo for g in states)
-    return {"table": table, "name": name, "plan": dict(plan), "settings": dataclasses.asdict(s),
-            "rounds": rounds, "stop": "; ".join(stops) if done else "",
-            "groups": [{"group": g.group, "round": g.round, "stop": g.stop, "winner": g.winner,
-                        "remeasured": g.remeasured, "todo": len(g.todo),
-                        "seeds": dict(sorted(g.n.items()))}
-                       for g in states]}
+    return RaceLog(table=table, name=name, plan=dict(plan), settings=dataclasses.asdict(s),
+                   rounds=[r for g in states for r in g.rounds],
+                   stop="; ".join(stops) if done else "",
+                   groups=[racelog.GroupLog(group=g.group, round=g.round, stop=g.stop,
+                                            winner=g.winner, remeasured=g.remeasured,
+                                            todo=len(g.todo), seeds=dict(sorted(g.n.items())))
+                           for g in states])
 
 
-def write_log(path: Path, log: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(log, indent=1, default=str), "utf-8")
-    tmp.replace(path)                                # never a half-written log
-
-
-def read_log(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def read_log(path: Path) -> RaceLog | None:
     try:
-        return json.loads(path.read_text("utf-8"))
-    except ValueError as e:
-        raise RaceError(f"race log {path} is unreadable ({e}); move it aside to start the race "
-                        "again from the rows (finished trials are reused)") from None
+        return racelog.read(path)
+    except racelog.RaceLogError as e:
+        raise RaceError(str(e)) from None

@@ -1,5 +1,6 @@
 """Trial and curve rows from what a sweep's trials reported, and the look-ups in `--results`
-that let a sweep skip finished work. Plain pandas; the Tune callback in `launch` calls these.
+that let a sweep skip finished work. Plain pandas; the Tune callback (`sweeps.writer`'s
+ResultsWriter), the planner and the driver call these.
 """
 
 from __future__ import annotations
@@ -146,10 +147,9 @@ def read_curves(results_dir: Path) -> pd.DataFrame:
 
 
 def finished_rows(results_dir: Path) -> pd.DataFrame:
-    """Rows of finished trials, one per config hash (the latest)."""
+    """Rows of finished trials, one per config hash (results.winning_rows)."""
     df = read_trials(results_dir)
-    df = df[df["status"].isin(FINISHED)]
-    return df.sort_values("finished_at").drop_duplicates("config_hash", keep="last")
+    return results.winning_rows(df[df["status"].isin(FINISHED)])
 
 
 def recorded(results_dir: Path) -> tuple[set[str], set[str]]:

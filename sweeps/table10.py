@@ -12,16 +12,9 @@ calls its own range; the official per-module quantizer shares one range between 
     python -m sweeps.table10 [--smoke-test] [--seeds 3] [--dry-run]
 """
 
-from qimera_core.config import build
-from sweeps.grid import Block
+from qimera_core.tablespec import get
 
-BLOCKS = [
-    Block("imagenet-resnet18-4w4a", build("imagenet-resnet18-4w4a")),
-    Block("imagenet-resnet50-6w6a", build("imagenet-resnet50-5w5a", w_bits=6, a_bits=6)),
-    Block("imagenet-inceptionv3-4w4a", build("imagenet-inceptionv3-4w4a")),
-    Block("imagenet-sqnxt23-6w6a", build("imagenet-sqnxt23-6w6a")),
-    Block("imagenet-shufflenet-6w6a", build("imagenet-shufflenet-6w6a")),
-]
+BLOCKS = get("table10").blocks      # the spec (qimera_core.paper_specs) holds the table
 
 if __name__ == "__main__":
     import sys

@@ -8,16 +8,9 @@ GDFQ here is the Qimera generator with superposition, DM and extracted embedding
     python -m sweeps.table6 [--smoke-test] [--only cifar10-] [--seeds 3]
 """
 
-from qimera_core.config import PAPER_PRESETS, build
-from sweeps.grid import Block
+from qimera_core.tablespec import get
 
-SIGMAS = [0.25, 0.5, 1.0, 1.5, 2.0]                  # sigma_z: noise_sigma
-ROWS = list(PAPER_PRESETS)
-
-BLOCKS = [block for preset in ROWS for block in (
-    Block(f"{preset}/gdfq", build(preset, method="gdfq"), {"noise_sigma": SIGMAS}),
-    Block(f"{preset}/qimera", build(preset)),
-)]
+BLOCKS = get("table6").blocks      # the spec (qimera_core.paper_specs) holds the table
 
 if __name__ == "__main__":
     import sys

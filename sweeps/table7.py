@@ -6,16 +6,9 @@ extracted embeddings trained and the GDFQ baseline, for every dataset, model and
     python -m sweeps.table7 [--smoke-test] [--only imagenet] [--seeds 3]
 """
 
-from qimera_core.config import PAPER_PRESETS, build
-from sweeps.grid import Block
+from qimera_core.tablespec import get
 
-ROWS = list(PAPER_PRESETS)
-
-BLOCKS = [block for preset in ROWS for block in (
-    Block(f"{preset}/qimera", build(preset, emb_init="extracted"),
-          {"freeze_embeddings": [True, False]}),
-    Block(f"{preset}/gdfq", build(preset, method="gdfq")),
-)]
+BLOCKS = get("table7").blocks      # the spec (qimera_core.paper_specs) holds the table
 
 if __name__ == "__main__":
     import sys

@@ -5,18 +5,9 @@ mapping), 1, 2, 4 and 8 DM layers; p = 0.4, K = 2 on CIFAR-10 and K = 10 on CIFA
     python -m sweeps.table8 [--smoke-test] [--only cifar10-] [--seeds 3]
 """
 
-from qimera_core.config import build
-from sweeps.grid import Block
+from qimera_core.tablespec import get
 
-DM_LAYERS = [0, 1, 2, 4, 8]
-
-BLOCKS = [
-    Block("cifar10-resnet20-4w4a", build("cifar10-resnet20-4w4a", mix_prob=0.4, mix_classes=2),
-          {"dm_layers": DM_LAYERS}),
-    Block("cifar100-resnet20-4w4a",
-          build("cifar100-resnet20-4w4a", mix_prob=0.4, mix_classes=10),
-          {"dm_layers": DM_LAYERS}),
-]
+BLOCKS = get("table8").blocks      # the spec (qimera_core.paper_specs) holds the table
 
 if __name__ == "__main__":
     import sys

@@ -5,17 +5,9 @@ ImageNet with ResNet-50.
     python -m sweeps.table9 [--smoke-test] [--only cifar100] [--seeds 3]
 """
 
-from qimera_core.config import build
-from sweeps.grid import Block
+from qimera_core.tablespec import get
 
-P = [0.10, 0.25, 0.40, 0.55, 0.70, 0.85]          # p: mix_prob
-
-BLOCKS = [
-    Block("cifar100-resnet20-4w4a", build("cifar100-resnet20-4w4a"),
-          {"mix_prob": P, "mix_classes": [2, 10, 25, 100]}),           # K: mix_classes
-    Block("imagenet-resnet50-4w4a", build("imagenet-resnet50-4w4a"),
-          {"mix_prob": P, "mix_classes": [100, 250, 500, 1000]}),
-]
+BLOCKS = get("table9").blocks      # the spec (qimera_core.paper_specs) holds the table
 
 if __name__ == "__main__":
     import sys

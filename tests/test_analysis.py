@@ -162,7 +162,7 @@ B = "CIFAR-100 ResNet-20 4w4a"
 
 
 def test_table9_cells(res):
-    t = tables.table9(res)
+    t = tables.build("table9", res)
     assert list(t.frame.columns) == ["0.10", "0.25", "0.40", "0.55", "0.70", "0.85"]
     assert list(t.frame.index) == [(B, k) for k in (2, 10, 25, 100)]
     assert cell(t, (B, 2), "0.10") == ("62.00 ± 2.00", False)
@@ -184,7 +184,7 @@ def test_table9_cells(res):
 
 
 def test_table8_cells(res):
-    t = tables.table8(res)
+    t = tables.build("table8", res)
     assert list(t.frame.columns) == ["CIFAR-10", "CIFAR-100"]
     assert list(t.frame.index) == [0, 1, 2, 4, 8]
     assert cell(t, 0, "CIFAR-10") == ("90.50 ± 0.71", False)
@@ -194,12 +194,12 @@ def test_table8_cells(res):
     assert cell(t, 8, "CIFAR-100") == ("-", False)
     assert "DM layers=0, CIFAR-100: n=1 of 2; error (seed 1): killed" in t.notes
     assert "DM layers=8: not run" in t.notes
-    t3 = tables.table8(res, seeds=3)
+    t3 = tables.build("table8", res, seeds=3)
     assert cell(t3, 1, "CIFAR-10") == ("92.00 ± 0.00 (n=2)", True)
 
 
 def test_table6_cells(res):
-    t = tables.table6(res)
+    t = tables.build("table6", res)
     r = ("CIFAR-10", "ResNet-20", "4w4a")
     assert list(t.frame.columns) == ["σ=0.25", "σ=0.5", "σ=1", "σ=1.5", "σ=2", "Qimera"]
     assert cell(t, r, "σ=0.5") == ("91.00 ± 1.41", False)
@@ -209,7 +209,7 @@ def test_table6_cells(res):
 
 
 def test_main_table_cells_with_paper_baselines(res):
-    t = tables.main_table(res)
+    t = tables.build("main", res)
     r4, r5 = ("CIFAR-10", "ResNet-20", "4w4a"), ("CIFAR-10", "ResNet-20", "5w5a")
     assert list(t.frame.columns) == ["FP32", "ZeroQ", "ZAQ", "GDFQ", "Qimera"]
     assert cell(t, r4, "FP32") == ("70.00", False)
@@ -226,14 +226,14 @@ def test_main_table_cells_with_paper_baselines(res):
 
 
 def test_table7_and_table10_cells(res):
-    t7 = tables.table7(res)
+    t7 = tables.build("table7", res)
     r = ("CIFAR-100", "ResNet-20", "4w4a")
     assert list(t7.frame.columns) == ["FP32", "ZeroQ", "ZAQ", "GDFQ", "Qimera",
                                       "Extracted Init + Freeze"]
     assert cell(t7, r, "Extracted Init + Freeze") == ("64.00 ± 0.00", False)
     assert cell(t7, r, "Qimera") == ("65.50 ± 0.71", True)
     assert cell(t7, r, "GDFQ") == ("-", False)
-    t10 = tables.table10(res)
+    t10 = tables.build("table10", res)
     r = ("ImageNet", "ResNet-18", "4w4a")
     assert list(t10.frame.columns) == ["DSG", "Qimera", "Improvement"]
     assert [cell(t10, r, c)[0] for c in t10.frame.columns] == \
@@ -242,21 +242,21 @@ def test_table7_and_table10_cells(res):
 
 
 def test_best_epoch_metric_is_labelled_and_compare_paper_adds_delta(res):
-    t = tables.table9(res, metric="best_top1", compare_paper=True)
+    t = tables.build("table9", res, metric="best_top1", compare_paper=True)
     assert "Best-epoch top-1" in t.title and "chosen on the test set" in t.title
     assert cell(t, (B, 2), "0.40")[0] == "67.00 ± 1.00 [paper 64.90, Δ +2.10]"
     c = t.cells.set_index(["mix_classes", "mix_prob"]).loc[(2, 0.4)]
     assert (c["paper"], round(c["delta"], 6)) == (64.90, 2.1)
     with pytest.raises(AnalysisError, match="metric must be one of"):
-        tables.table9(res, metric="top5")
+        tables.build("table9", res, metric="top5")
     with pytest.raises(AnalysisError, match="no trials for table9"):
-        tables.table9(results.to_frame([row("table8", C10, 1.0)]))
+        tables.build("table9", results.to_frame([row("table8", C10, 1.0)]))
 
 
 def test_compare_paper_on_final_cells_takes_delta_from_the_best_epoch(res):
     """The paper reports the best test epoch, so Δ compares our best epoch with it; the final
     epoch's Δ is shown beside it, each labelled."""
-    t = tables.table9(res, compare_paper=True)
+    t = tables.build("table9", res, compare_paper=True)
     assert cell(t, (B, 2), "0.40")[0] == \
         "66.00 ± 1.00 [paper 64.90 (best epoch); Δ best-epoch +2.10, Δ final +1.10]"
     c = t.cells.set_index(["mix_classes", "mix_prob"]).loc[(2, 0.4)]
@@ -270,7 +270,7 @@ def _paper(block: str) -> pd.DataFrame:
 
 
 def test_paper_numbers_reproduce_table9_cell_for_cell():
-    t = tables.table9(paper.paper_trials("table9"))
+    t = tables.build("table9", paper.paper_trials("table9"))
     expected = _paper("table9_p_k")
     assert len(t.frame.index) == 8 and t.notes == [tie_note(t.cells, 0.05)]  # no gaps
     for _, e in expected.iterrows():
@@ -284,7 +284,7 @@ def test_paper_numbers_reproduce_table9_cell_for_cell():
 
 
 def test_paper_numbers_reproduce_table8_cell_for_cell():
-    t = tables.table8(paper.paper_trials("table8"))
+    t = tables.build("table8", paper.paper_trials("table8"))
     assert list(t.frame.columns) == ["CIFAR-10", "CIFAR-100"]
     assert t.notes == [tie_note(t.cells, 0.05)]  # no gaps
     for _, e in _paper("table8_dm_layers").iterrows():
@@ -304,7 +304,7 @@ def test_package_copy_matches_shared_reference():
 def test_smoke_results_are_labelled_not_paper(tmp_path):
     rows = [row("table9", "digits-smoke", v, mix_classes=2, mix_prob=p)
             for v, p in [(80.0, 0.1), (82.0, 0.4)]]
-    t = tables.table9(results.to_frame(rows), compare_paper=True)
+    t = tables.build("table9", results.to_frame(rows), compare_paper=True)
     assert "not paper results" in t.title
     assert any(n.startswith("NOT PAPER RESULTS: digits") for n in t.notes)
     assert any("Schedule: epochs [3] (paper: 400)" in n for n in t.notes)
@@ -315,7 +315,7 @@ def test_smoke_results_are_labelled_not_paper(tmp_path):
 
 # ---- outputs --------------------------------------------------------------------------------
 def test_csv_round_trips_and_markdown_latex_mark_bold(res, tmp_path):
-    t = tables.table9(res)
+    t = tables.build("table9", res)
     paths = render.write_table(t, tmp_path, ["csv", "md", "tex"])
     back = pd.read_csv(paths[0])
     for col in ("mean", "std", "n", "gpu_hours", "paper"):
@@ -334,7 +334,7 @@ def test_csv_round_trips_and_markdown_latex_mark_bold(res, tmp_path):
 def test_latex_compiles(res, tmp_path):
     texs = [render.write_table(t, tmp_path, ["tex"])[0]
             for t in tables.make_tables(res, compare_paper=True)]
-    texs.append(render.write_table(tables.table6(paper.paper_trials("table6")), tmp_path / "p",
+    texs.append(render.write_table(tables.build("table6", paper.paper_trials("table6")), tmp_path / "p",
                                    ["tex"])[0].rename(tmp_path / "paper6.tex"))
     (tmp_path / "doc.tex").write_text(render.latex_document(texs))
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
@@ -479,7 +479,7 @@ def test_table10_shows_dsg_and_the_papers_qimera_beside_ours_for_every_row():
     from qimera_core.config import TABLE10_PRESETS
     trials = results.to_frame([row("table10", p, 50.0, seed=s) for p in TABLE10_PRESETS
                                for s in range(3)])
-    t = tables.table10(trials, compare_paper=True)
+    t = tables.build("table10", trials, compare_paper=True)
     expected = {("ImageNet", "InceptionV3", "4w4a"): ("34.89", "73.31"),
                 ("ImageNet", "SqueezeNext", "6w6a"): ("60.50", "65.97"),
                 ("ImageNet", "ShuffleNet", "6w6a"): ("44.88", "56.16")}

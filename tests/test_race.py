@@ -173,9 +173,9 @@ def test_replay_rounds_from_rows_and_the_true_best_wins():
         if st.stop:
             break
     assert st.stop and rounds_seen >= 1
-    out = {e["label"] for r in st.rounds for e in r.eliminated}
+    out = {e.label for r in st.rounds for e in r.eliminated}
     assert {"p=0.25", "p=0.55"} <= out and st.winner in ("p=0.1", "p=0.4")
-    assert all(e["key"] in {c.key for c in cs} for r in st.rounds for e in r.eliminated)
+    assert all(e.key in {c.key for c in cs} for r in st.rounds for e in r.eliminated)
     assert not st.todo
 
 
@@ -369,7 +369,7 @@ def test_offline_race_killed_between_rounds_resumes_and_tables_show_it(digits_ca
     from analysis import load, resolve, tables
     from analysis.serve import page_state
     res = load(tmp_path / "r")
-    t = tables.table9(res)
+    t = tables.build("table9", res)
     out_cells = t.cells[t.cells["race_out"] != ""]
     eliminated = {e["cell"]["mix_classes"] for r in log["rounds"] for e in r["eliminated"]}
     assert set(out_cells["mix_classes"]) == eliminated

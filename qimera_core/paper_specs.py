@@ -1,0 +1,105 @@
+"""The paper's tables as specs (qimera_core.tablespec): the main results and supplement Tables
+6-10. Each sweep script (`sweeps/tableN.py`) runs its spec's blocks; the analysis lays the
+results out, tests the axes and the claims from it. The claims are the trends the supplement
+states, in its direction; a digits setting is tested in the CIFAR direction.
+"""
+
+from __future__ import annotations
+
+from qimera_core.config import METHODS, PAPER_PRESETS, build
+from qimera_core.tablespec import Axis, Block, Claim, TableSpec, register
+
+P = [0.10, 0.25, 0.40, 0.55, 0.70, 0.85]                   # Table 9's p: mix_prob
+SIGMAS = [0.25, 0.5, 1.0, 1.5, 2.0]                        # Table 6's sigma_z: noise_sigma
+DM_LAYERS = [0, 1, 2, 4, 8]                                # Table 8
+ROWS = list(PAPER_PRESETS)
+
+_QIMERA_ABOVE_GDFQ = Claim("Qimera is above GDFQ (main table)", "above", "method_label",
+                           high={"method_label": "Qimera"}, low={"method_label": "GDFQ"})
+
+register(TableSpec(
+    name="main", title="Main results", subtitle="data-free quantization accuracy",
+    blocks=[Block(f"{preset}/{method}", build(preset, method=method))
+            for preset in ROWS for method in METHODS],
+    layout="methods", axes=(Axis("method_label", "method"),), claims=(_QIMERA_ABOVE_GDFQ,),
+    paper_block="main_results", methods=("GDFQ", "Qimera"), quoted=("ZeroQ", "ZAQ")))
+
+register(TableSpec(
+    name="table6", title="Table 6",
+    subtitle="GDFQ accuracy vs. noise scale σ, with Qimera for reference",
+    blocks=[block for preset in ROWS for block in (
+        Block(f"{preset}/gdfq", build(preset, method="gdfq"), {"noise_sigma": SIGMAS}),
+        Block(f"{preset}/qimera", build(preset)))],
+    layout="sigma",
+    axes=(Axis("noise_sigma", "σ (GDFQ)", where={"method_label": "GDFQ"}, paper="sigma_z"),
+          Axis("method_label", "method (σ = 1)", where={"noise_sigma": 1.0})),
+    claims=(Claim("a lower σ helps GDFQ slightly (Table 6)", "slope", "noise_sigma", -1,
+                  where={"method_label": "GDFQ"}),
+            Claim("the noise level alone does not close the gap: Qimera is above GDFQ at its "
+                  "best σ ({top:g})", "above", "noise_sigma",
+                  high={"method_label": "Qimera", "noise_sigma": 1.0},
+                  low={"method_label": "GDFQ"}, low_over="noise_sigma")),
+    paper_block="table6_noise_sigma", figure="sigma"))
+
+register(TableSpec(
+    name="table7", title="Table 7",
+    subtitle="extracted embedding init + freeze vs. trained embeddings",
+    blocks=[block for preset in ROWS for block in (
+        Block(f"{preset}/qimera", build(preset, emb_init="extracted"),
+              {"freeze_embeddings": [True, False]}),
+        Block(f"{preset}/gdfq", build(preset, method="gdfq")))],
+    layout="methods", axes=(Axis("method_label", "method"),),
+    claims=(_QIMERA_ABOVE_GDFQ,
+            Claim("frozen extracted embeddings are below trained ones (Table 7)", "above",
+                  "method_label", high={"method_label": "Qimera"},
+                  low={"method_label": "Extracted Init + Freeze"})),
+    paper_block="table7_extracted_init_freeze", paper_also=("main",),
+    paper_methods={"Extracted Init + Freeze": ("Qimera", {"freeze": True})},
+    methods=("GDFQ", "Qimera", "Extracted Init + Freeze"), quoted=("ZeroQ", "ZAQ")))
+
+register(TableSpec(
+    name="table8", title="Table 8",
+    subtitle="accuracy vs. number of disentanglement-mapping (DM) layers",
+    blocks=[Block("cifar10-resnet20-4w4a",
+                  build("cifar10-resnet20-4w4a", mix_prob=0.4, mix_classes=2),
+                  {"dm_layers": DM_LAYERS}),
+            Block("cifar100-resnet20-4w4a",
+                  build("cifar100-resnet20-4w4a", mix_prob=0.4, mix_classes=10),
+                  {"dm_layers": DM_LAYERS})],
+    layout="levels", axes=(Axis("dm_layers", "DM layers", paper="dm_layers"),),
+    claims=(Claim("more DM layers help a little: the best, {top} layers, is above 0 (Table 8; "
+                  "picked as the best, so optimistic)", "best_above", "dm_layers", level=0),
+            Claim("8 DM layers drop below the best other ({top} layers){scope}", "best_above",
+                  "dm_layers", level=8, datasets=("CIFAR-100",))),
+    paper_block="table8_dm_layers", figure="dm"))
+
+_IMAGENET = {"dataset": ("ImageNet",)}
+register(TableSpec(
+    name="table9", title="Table 9",
+    subtitle="accuracy vs. superposition probability p and classes per sample K (Qimera)",
+    blocks=[Block("cifar100-resnet20-4w4a", build("cifar100-resnet20-4w4a"),
+                  {"mix_prob": P, "mix_classes": [2, 10, 25, 100]}),
+            Block("imagenet-resnet50-4w4a", build("imagenet-resnet50-4w4a"),
+                  {"mix_prob": P, "mix_classes": [100, 250, 500, 1000]})],
+    layout="grid",
+    axes=(Axis("mix_prob", "p", paper="p", fmt="{:.2f}"),
+          Axis("mix_classes", "K", log2=True, paper="K")),
+    claims=(Claim("higher p is better on ImageNet (Table 9)", "slope", "mix_prob", +1,
+                  only=_IMAGENET),
+            Claim("higher K is better on ImageNet (Table 9)", "slope", "mix_classes", +1,
+                  only=_IMAGENET),
+            Claim("lower p is better on CIFAR (Table 9)", "slope", "mix_prob", -1,
+                  unless=_IMAGENET),
+            Claim("lower K is better on CIFAR (Table 9)", "slope", "mix_classes", -1,
+                  unless=_IMAGENET)),
+    paper_block="table9_p_k", figure="heatmap"))
+
+register(TableSpec(
+    name="table10", title="Table 10", subtitle="comparison with DSG",
+    blocks=[Block("imagenet-resnet18-4w4a", build("imagenet-resnet18-4w4a")),
+            Block("imagenet-resnet50-6w6a", build("imagenet-resnet50-5w5a", w_bits=6, a_bits=6)),
+            Block("imagenet-inceptionv3-4w4a", build("imagenet-inceptionv3-4w4a")),
+            Block("imagenet-sqnxt23-6w6a", build("imagenet-sqnxt23-6w6a")),
+            Block("imagenet-shufflenet-6w6a", build("imagenet-shufflenet-6w6a"))],
+    layout="methods", paper_block="table10_dsg", methods=("Qimera",), quoted=("DSG",),
+    teacher_column=False, improvement_over="DSG"))
