@@ -121,3 +121,16 @@ def read(path: Path) -> RaceLog | None:
         raise RaceLogError(f"race log {path} is unreadable ({e}); move it aside to start the "
                            "race again from the rows (finished trials are reused)") from None
     return RaceLog.from_json(d, path)
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The race's name, settings and plan from a log of any version (None without a log): a
+    driver continuing a race needs only these, and writes the log again at this VERSION."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text("utf-8"))
+        return {"name": str(d["name"]), "settings": dict(d["settings"]), "plan": dict(d["plan"])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise RaceLogError(f"race log {path} is unreadable ({e}); move it aside to start the "
+                           "race again from the rows (finished trials are reused)") from None

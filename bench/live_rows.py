@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis import serve
+from analysis import pagestate
 from qimera_core import results
 from qimera_core.config import build
 from sweeps import rows
@@ -63,7 +63,7 @@ def main() -> None:
                 for name, d in (("single", single), ("live", live), ("final", final))}
         files = {name: len(list(d.glob("*.parquet")))
                  for name, d in (("single", single), ("live", live), ("final", final))}
-        state_live = median_s(lambda: serve.page_state(live), args.repeat)
+        state_live = median_s(lambda: pagestate.page_state(live), args.repeat)
     n = args.trials * args.epochs
     print(f"{args.trials} trials x {args.epochs} epochs = {n} curve rows")
     print(f"write one live row (own file, atomic rename, merge when due): {write_s * 1e3:.2f} ms")

@@ -28,7 +28,7 @@ from ray import tune
 
 from analysis import racelog
 from analysis.status import race_lines
-from qimera_core import results
+from qimera_core import results, tablespec
 from qimera_core.config import TrainConfig, overrides_from_args
 from sweeps import calibrate, grid, race, rows, shared
 from sweeps.cli import build_parser
@@ -183,9 +183,12 @@ def restore(table: str, path: str, args: argparse.Namespace, results_dir: Path) 
 
 
 # ---- a table script --------------------------------------------------------------------------
-def main(table: str, blocks: Sequence[Block], argv: list[str] | None = None,
+def main(table: str, blocks: Sequence[Block] | None = None, argv: list[str] | None = None,
          doc: str | None = None) -> int:
-    """The CLI of every table script, `main("table9", BLOCKS)`; returns the exit status."""
+    """The CLI of every table script, `main("table9")` (the blocks of its registered spec,
+    qimera_core.tablespec, unless given); returns the exit status."""
+    if blocks is None:
+        blocks = tablespec.get(table).blocks
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     parser = build_parser(table, doc)
@@ -376,22 +379,22 @@ def _race_name(table: str, args: argparse.Namespace, prefix: str, results_dir: P
         raise GridError(f"--results {results_dir} holds rows of {others}"
                         f" only, none of {table}: a race reads its rounds from --results, so "
                         f"pass a fresh directory or the one this {table} race wrote")
-    old = race.read_log(log_path)
+    old = race.read_header(log_path)
     if old is None:
         if args.resume:
             raise GridError(f"--resume: no race log {log_path}; start the race without "
                             "--resume (finished trials in --results are reused)")
         return experiment_name(args, prefix)
     mine = dataclasses.asdict(settings)
-    diff = [f"{k}={mine[k]} (logged {old.settings.get(k)})" for k in mine
-            if old.settings.get(k) != mine[k]]
-    diff += [f"{k}={plan[k]} (logged {old.plan.get(k)})" for k in plan
-             if old.plan.get(k) != plan[k]]
+    diff = [f"{k}={mine[k]} (logged {old['settings'].get(k)})" for k in mine
+            if old["settings"].get(k) != mine[k]]
+    diff += [f"{k}={plan[k]} (logged {old['plan'].get(k)})" for k in plan
+             if old["plan"].get(k) != plan[k]]
     if diff:
         raise GridError(f"--results holds a {table} race with other settings: "
                         f"{'; '.join(diff)}. Pass the same flags to continue it, or a fresh "
                         "--results for a new race")
-    return old.name
+    return old["name"]
 
 
 # ---- search mode (sweeps.search) -------------------------------------------------------------

@@ -404,8 +404,9 @@ def make_log(table: str, name: str, plan: Mapping[str, Any], s: Settings,
                            for g in states])
 
 
-def read_log(path: Path) -> RaceLog | None:
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The logged race's name, settings and plan (any log version), None without a log."""
     try:
-        return racelog.read(path)
+        return racelog.read_header(path)
     except racelog.RaceLogError as e:
         raise RaceError(str(e)) from None

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from analysis import serve
+from analysis import pagestate, serve
 from analysis.cli import build_parser
 from analysis.load import load
 from qimera_core import results
@@ -123,7 +123,7 @@ def test_results_callback_writes_each_reported_epoch_at_once(tmp_path):
 # ---- the page's data --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def state(results_dir) -> dict:
-    return serve.page_state(results_dir, storage="/data/sweeps")
+    return pagestate.page_state(results_dir, storage="/data/sweeps")
 
 
 def test_state_has_every_kind_of_cell(state):
@@ -164,26 +164,26 @@ def test_state_is_strict_json(state):
 
 def test_a_finished_directory_is_static(tmp_path):
     finish_trial(tmp_path, "t-1", cfg(2, 0.1), metrics(3, 40.0), "ok")
-    s = serve.page_state(tmp_path)
+    s = pagestate.page_state(tmp_path)
     assert s["live"] is False and s["progress"]["eta_s"] == 0.0
     assert by_position(s)[("2", "0.10")]["state"] == "finished"
 
 
 def test_a_sweep_that_has_only_its_plan_shows_pending_cells(tmp_path):
     rows.write_plan("table9", tmp_path, [cfg(2, 0.1), cfg(10, 0.1)])
-    s = serve.page_state(tmp_path)
+    s = pagestate.page_state(tmp_path)
     assert s["error"] == "" and s["live"] is True
     assert {c["state"] for c in by_position(s).values()} == {"pending"}
     assert s["progress"]["counts"] == {"pending": 2} and s["progress"]["eta_s"] is None
 
 
 def test_an_empty_directory_says_what_to_do(tmp_path):
-    s = serve.page_state(tmp_path)
+    s = pagestate.page_state(tmp_path)
     assert s["tables"] == [] and "python -m sweeps.table9" in s["error"]
 
 
 def test_cell_trials_give_curves_per_seed(results_dir):
-    trials = serve.cell_trials(results_dir, [cfg(10, 0.4).config_hash])
+    trials = pagestate.cell_trials(results_dir, [cfg(10, 0.4).config_hash])
     assert [(t["trial_id"], t["status"], t["epoch"]) for t in trials] == \
         [("t-run", "running", [1, 2])]
     assert trials[0]["top1"] == [31.0, 32.0] and trials[0]["loss_s"] == [1.0, 0.5]
@@ -268,4 +268,4 @@ def test_path_traversal_and_other_files_are_refused(server, path):
 
 
 def test_nan_free_numbers():
-    assert serve._num(math.nan) is None and serve._num(1.23456) == 1.2346
+    assert pagestate.num(math.nan) is None and pagestate.num(1.23456) == 1.2346

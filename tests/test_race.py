@@ -367,7 +367,7 @@ def test_offline_race_killed_between_rounds_resumes_and_tables_show_it(digits_ca
     assert len(trials) == sum(r["trials"] for r in log["rounds"])  # every row is a logged round's
 
     from analysis import load, resolve, tables
-    from analysis.serve import page_state
+    from analysis.pagestate import page_state
     res = load(tmp_path / "r")
     t = tables.build("table9", res)
     out_cells = t.cells[t.cells["race_out"] != ""]
