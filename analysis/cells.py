@@ -61,6 +61,7 @@ class PaperTable:
     # one row per finished run of our cells (cell columns, seed, value, start): analysis.effects
     samples: pd.DataFrame = field(default_factory=pd.DataFrame)
     alpha: float = stats.ALPHA
+    race: RaceLog | None = None          # the race that chose its seeds, if it was raced
 
     def __repr__(self) -> str:
         return f"{self.title}\n{self.frame.to_string()}"
@@ -340,7 +341,8 @@ def finish(name: str, title: str, trials: pd.DataFrame, cells: pd.DataFrame,
     notes += raced.notes(cells, race)
     return PaperTable(name=name, title=title, frame=frame, bold=bold, top=top,
                       cells=cells.drop(columns=[c for c in cells if c.startswith("_")]),
-                      metric=metric, notes=notes, samples=samples_of(cells), alpha=alpha)
+                      metric=metric, notes=notes, samples=samples_of(cells), alpha=alpha,
+                      race=race)
 
 
 def samples_of(cells: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,10 @@
 """What a table resolves, in one object: the tied-best set, the axis effects and the paper's
 claims with their verdicts; written as `<table>-stats.{csv,md,tex}` and shown on the live page
-and by `analysis status`."""
+and by `analysis status`.
+
+For a raced table (a race log given) the axis tests and the claims' verdicts come from the
+round-0 rows, the one fixed design a race has; the estimate on every raced row is shown beside
+them, labelled after selection (analysis.effects says why)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pandas as pd
 
 from . import effects
 from .cells import TOP_MARK, PaperTable
+from .racelog import RaceLog
 from .render import latex_escape, write_files
 
 CSV_COLUMNS = ["table", "part", "setting", "item", "test", "effect", "ci_low", "ci_high",
@@ -56,7 +61,26 @@ def _effect_text(e: pd.Series, alpha: float) -> str:
     size = (f"{e['effect']:+.2f} [{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] {e['effect_unit']}"
             if not math.isnan(e["ci_low"]) else f"{e['effect']:.2f} ({e['effect_unit']})")
     word = "matters" if e["p"] < alpha else "not resolved"
-    return f"{word} (p = {_p(e['p'])}); {size}"
+    return f"{word} (p = {_p(e['p'])}); {size}" + _selected_text(e)
+
+
+def _selected(x: pd.Series) -> bool:
+    v = x.get("selected_effect", math.nan)
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _selected_text(x: pd.Series) -> str:
+    """The estimate on every raced row, labelled after selection; '' when not raced."""
+    if not _selected(x):
+        return ""
+    if "selected_runs" in x:            # an axis: same size measure as the round-0 one
+        where = f"all {int(x['selected_runs'])} raced runs"
+    else:                               # a claim: its own test text names the rows
+        where = x["selected_test"].removesuffix(", after selection")
+    size = f"{x['selected_effect']:+.2f}"
+    if not math.isnan(x["selected_ci_low"]):
+        size += f" [{_fmt(x['selected_ci_low'])}, {_fmt(x['selected_ci_high'])}]"
+    return f"; after selection ({where}; an estimate, not a test): {size}"
 
 
 def _claim_text(c: pd.Series) -> str:
@@ -64,7 +88,7 @@ def _claim_text(c: pd.Series) -> str:
            f"[{_fmt(c['ci_low'])}, {_fmt(c['ci_high'])}], {c['test']})"
     if c["verdict"] == "unresolved":
         text += f"; about {c['seeds_needed_text']} seeds per cell would resolve it"
-    return text
+    return text + _selected_text(c)
 
 
 def tie_summary(table: PaperTable) -> pd.DataFrame:
@@ -92,14 +116,27 @@ def _cell_label(c: pd.Series) -> str:
     return ", ".join(parts) or str(c.get("column", ""))
 
 
+def round0_seeds(race: RaceLog | None) -> int | None:
+    """n0, the seeds every cell got in round 0, from a race log; None when there is no race."""
+    n0 = race.settings.get("n0") if race else None
+    return int(n0) if n0 is not None else None
+
+
 def resolve(table: PaperTable, covariate: bool = False, robust: bool = False) -> Resolution:
+    """What `table` resolves; a raced table (its `race`) is tested on its round-0 rows (see
+    the module doc)."""
+    n0 = round0_seeds(table.race)
+    options = dict(covariate=covariate, robust=robust)
+    if n0 is not None:
+        options["balanced_seeds"] = n0
     return Resolution(
         table=table.name, alpha=table.alpha, ties=tie_summary(table),
         effects=effects.axis_effects(table.samples, table.name, covariate=covariate,
-                                     robust=robust) if not table.samples.empty
-        else pd.DataFrame(),
-        claims=effects.claims(table.samples, table.name, table.alpha, covariate),
-        options=dict(covariate=covariate, robust=robust))
+                                     robust=robust, balanced_seeds=n0)
+        if not table.samples.empty else pd.DataFrame(),
+        claims=effects.claims(table.samples, table.name, table.alpha, covariate,
+                              balanced_seeds=n0),
+        options=options)
 
 
 def to_frame(r: Resolution) -> pd.DataFrame:
@@ -115,19 +152,40 @@ def to_frame(r: Resolution) -> pd.DataFrame:
                          effect_unit=e["effect_unit"], p=e["p"],
                          verdict="" if e["note"] else
                          ("matters" if e["p"] < r.alpha else "not resolved"), note=e["note"]))
+        if _selected(e):
+            rows.append(_selected_row("axis", e, e["label"],
+                                      f"same size on all {int(e['selected_runs'])} raced runs",
+                                      e["effect_unit"]))
     for _, c in r.claims.iterrows():
         rows.append(dict(part="claim", setting=c["setting"], item=c["claim"], test=c["test"],
                          effect=c["effect"], ci_low=c["ci_low"], ci_high=c["ci_high"], p=c["p"],
                          verdict=c["verdict"], seeds_per_cell=c["seeds_per_cell"],
                          seeds_needed=c["seeds_needed"]))
+        if _selected(c):
+            rows.append(_selected_row("claim", c, c["claim"],
+                                      c["selected_test"].removesuffix(", after selection"), ""))
     frame = pd.DataFrame(rows, columns=CSV_COLUMNS[1:])
     frame.insert(0, "table", r.table)
     return frame
 
 
+def _selected_row(part: str, x: pd.Series, item: str, rows: str, unit: str) -> dict:
+    """The raced rows' estimate as its own CSV row, beside the tested one: no p, no verdict."""
+    return dict(part=f"{part} after selection", setting=x["setting"], item=item,
+                test=f"{rows}, after selection: an estimate, not a test",
+                effect=x["selected_effect"], ci_low=x["selected_ci_low"],
+                ci_high=x["selected_ci_high"], effect_unit=unit,
+                note="the race gave cells seeds because of their values; the test above uses "
+                     "the round-0 rows")
+
+
 def _options(r: Resolution) -> str:
     extra = [w for w, on in (("start accuracy as a covariate", r.options.get("covariate")),
                              ("HC3 robust errors", r.options.get("robust"))) if on]
+    n0 = r.options.get("balanced_seeds")
+    if n0 is not None:
+        extra.append(f"raced: tests on the round-0 rows (seeds 0-{n0 - 1} of every cell), "
+                     "estimates on all raced rows shown after selection")
     return f"alpha {r.alpha:g}; seed as a block" + "".join(f"; {w}" for w in extra)
 
 

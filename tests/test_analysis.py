@@ -334,8 +334,9 @@ def test_csv_round_trips_and_markdown_latex_mark_bold(res, tmp_path):
 def test_latex_compiles(res, tmp_path):
     texs = [render.write_table(t, tmp_path, ["tex"])[0]
             for t in tables.make_tables(res, compare_paper=True)]
-    texs.append(render.write_table(tables.build("table6", paper.paper_trials("table6")), tmp_path / "p",
-                                   ["tex"])[0].rename(tmp_path / "paper6.tex"))
+    paper6 = tables.build("table6", paper.paper_trials("table6"))
+    texs.append(render.write_table(paper6, tmp_path / "p", ["tex"])[0]
+                .rename(tmp_path / "paper6.tex"))
     (tmp_path / "doc.tex").write_text(render.latex_document(texs))
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
