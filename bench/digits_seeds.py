@@ -1,4 +1,5 @@
-"""The README's offline example as mean ± std over seeds: `--preset digits-2w2a` per seed.
+"""The offline example (README; docs/training.md) as mean ± std over seeds: `--preset digits-2w2a`
+per seed.
 
     python bench/digits_seeds.py --seeds 0 1 2 --out runs/digits-seeds
 

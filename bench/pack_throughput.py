@@ -4,6 +4,7 @@
     python bench/pack_throughput.py direct --device cuda --shape cifar --sizes 1,2,4,8,16
     python bench/pack_throughput.py fractional --procs 4                       # GPU baseline
     python bench/pack_throughput.py tune --epochs 4 --steps-per-epoch 25       # through Ray Tune
+    python bench/pack_throughput.py direct --quick            # seconds: tiny sizes, for tests
 
 `direct` times training steps in this process (warm-up and main phase, median of --steps) for
 packs of each size and turns them into trials per hour of the given schedule (evaluation left
@@ -88,6 +89,8 @@ def main_step_flops(trial: Trial) -> float:
 
 
 def direct(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.device, args.threads, args.shape, args.sizes, args.steps = "cpu", 1, "digits", "1,2", 1
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,7 +115,8 @@ def direct(args: argparse.Namespace) -> None:
             tw = step_time(trial, args.steps, train_student=False)
             tm = step_time(trial, args.steps, train_student=True)
             if conv is None:         # the same run's conv probe (fwd + bwd, GFLOP/s)
-                conv = step_bench.probe(trial)["conv_fwd_bwd"]
+                quick = dict(reps=1, n=256) if args.quick else {}
+                conv = step_bench.probe(trial, **quick)["conv_fwd_bwd"]
             gflop = main_step_flops(trial) / n / 1e9
             per_hour = 3600 * n / (warm * tw + main * tm)
             if n == 1:
@@ -141,7 +145,7 @@ def _one_process(args: argparse.Namespace) -> None:
 
 
 def fractional(args: argparse.Namespace) -> None:
-    start_at = time.time() + 60
+    start_at = time.time() + args.start_in
     procs = [subprocess.Popen([sys.executable, __file__, "_one", "--procs", str(args.procs),
                                "--steps", str(args.steps), "--start-at", str(start_at)],
                               stdout=subprocess.PIPE, text=True) for _ in range(args.procs)]
@@ -164,7 +168,8 @@ def tune_sweeps(args: argparse.Namespace) -> None:
             out = Path(tmp) / f"v{i}"
             cmd = [sys.executable, "-m", "sweeps.table9", "--smoke-test", *extra,
                    "--storage", str(out / "s"), "--results", str(out / "r"),
-                   "--address", "local", "--num-cpus", str(args.num_cpus), *flags]
+                   "--address", "local", "--num-cpus", str(args.num_cpus), *flags,
+                   *(["--dry-run"] if args.dry_run else [])]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times[name] = time.perf_counter() - t0
@@ -174,7 +179,7 @@ def tune_sweeps(args: argparse.Namespace) -> None:
     print(f"({' '.join(flags)}, {args.num_cpus} CPUs, whole sweeps including Ray's start)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
@@ -184,9 +189,15 @@ def main() -> None:
     d.add_argument("--shape", default="digits,cifar", help="digits, cifar or both")
     d.add_argument("--sizes", default="", help="pack sizes (default per shape, see SHAPES)")
     d.add_argument("--steps", type=int, default=6, help="timed steps per phase and size")
+    d.add_argument("--quick", action="store_true",
+                   help="tiny sizes, for tests: CPU, one thread, digits packs of 1 and 2, one "
+                        "timed step, a small conv probe; the figures mean nothing")
     f = sub.add_parser("fractional", help="N single-trial processes sharing one GPU")
     f.add_argument("--procs", type=int, default=4)
     f.add_argument("--steps", type=int, default=30)
+    f.add_argument("--start-in", type=float, default=60.0,
+                   help="seconds until all processes start stepping together (each builds its "
+                        "trial and warms up before)")
     o = sub.add_parser("_one")
     o.add_argument("--procs", type=int, default=4)
     o.add_argument("--steps", type=int, default=30)
@@ -195,7 +206,10 @@ def main() -> None:
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--steps-per-epoch", type=int, default=25)
     t.add_argument("--num-cpus", type=int, default=2)
-    args = p.parse_args()
+    t.add_argument("--dry-run", action="store_true",
+                   help="pass --dry-run to each sweep (they plan and stop before Ray): checks the "
+                        "commands, for tests; the times mean nothing")
+    args = p.parse_args(argv)
     {"direct": direct, "fractional": fractional, "_one": _one_process,
      "tune": tune_sweeps}[args.mode](args)
 

@@ -2,6 +2,7 @@
 of this machine's own conv throughput it reaches.
 
     python bench/step_time.py --device cpu --threads 2 --steps 10
+    python bench/step_time.py --quick                   # seconds: tiny sizes, for tests only
 
 Batch 200, pytorchcv ResNet-20 teacher with random weights, synthetic eval data (nothing is
 downloaded). Phases: generator forward, teacher forward (+BN statistics), generator backward
@@ -99,10 +100,10 @@ def _best_rate(fn: Callable[[], object], flops: float, sync: Callable[[], None],
     return flops / statistics.median(times) / 1e9
 
 
-def probe(trial: Trial, reps: int = 5) -> dict[str, float]:
-    """This machine's matmul and largest-conv throughput in GFLOP/s, with the step's threads."""
+def probe(trial: Trial, reps: int = 5, n: int = 2048) -> dict[str, float]:
+    """This machine's matmul (n x n) and largest-conv throughput in GFLOP/s, with the step's
+    threads."""
     device, sync = trial.device, _sync(trial.device)
-    n = 2048
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     conv = trial.generator.conv2                             # the step's largest conv
@@ -128,7 +129,7 @@ def probe(trial: Trial, reps: int = 5) -> dict[str, float]:
             "conv_fwd_bwd": _best_rate(conv_fwd_bwd, 3 * conv_flops, sync, reps)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
@@ -138,7 +139,16 @@ def main() -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp-bf16", action="store_true")
     p.add_argument("--teacher", default="resnet20_cifar10")
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes, for tests: CPU, one thread, batch 4, 2 timed steps, a "
+                        "256^2 matmul probe of one rep; the figures mean nothing")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.device, args.threads, args.batch_size, args.steps = "cpu", 1, 4, 2
+    if args.steps < 2:
+        p.error("--steps must be >= 2: the whole step and its phases are timed on alternate "
+                "steps, each after an untimed one")
+    probe_size = dict(reps=1, n=256) if args.quick else {}
     cfg = build("cifar10-resnet20-4w4a", teacher=args.teacher, teacher_weights="random",
                 eval_data="synthetic", device=args.device, num_threads=args.threads,
                 batch_size=args.batch_size, channels_last=args.channels_last,
@@ -152,12 +162,12 @@ def main() -> None:
     print(f"device={device.type} ({name}) threads={torch.get_num_threads()} "
           f"batch={cfg.batch_size} teacher={cfg.teacher} torch={torch.__version__} "
           f"channels_last={cfg.channels_last} amp_bf16={cfg.amp_bf16}")
-    probes = [probe(trial)]
+    probes = [probe(trial, **probe_size)]
     for label, train_student, calibrate in (("warm-up step (calibrating)", False, True),
                                             ("main-phase step", True, False)):
         flops = count_flops(trial, train_student, calibrate)
         r = measure(trial, args.steps, train_student, calibrate)
-        probes.append(probe(trial))             # interleaved: load on a shared machine drifts
+        probes.append(probe(trial, **probe_size))  # interleaved: load on a shared machine drifts
         conv = statistics.median(q["conv_fwd_bwd"] for q in probes[-2:])
         parts = "  ".join(f"{k}={v:.4f}" for k, v in r.items() if k != "step")
         print(f"{label:28s} median {r['step']:.4f} s/step   [{parts}]")
@@ -166,7 +176,8 @@ def main() -> None:
             print(f"    {k:20s} {flops.get(k, 0.0) / 1e9:8.2f} GFLOP  {r[k]:8.4f} s  "
                   f"{rate:8.1f} GFLOP/s  {rate / conv:6.1%} of conv")
     med = {k: statistics.median(q[k] for q in probes) for k in probes[0]}
-    print(f"probes (median of {len(probes)}, GFLOP/s): matmul 2048^2 {med['matmul']:.1f}  "
+    n = probe_size.get("n", 2048)
+    print(f"probes (median of {len(probes)}, GFLOP/s): matmul {n}^2 {med['matmul']:.1f}  "
           f"largest conv fwd {med['conv_fwd']:.1f}  fwd+bwd {med['conv_fwd_bwd']:.1f}")
 
 

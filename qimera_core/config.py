@@ -1,7 +1,8 @@
 """TrainConfig: the one frozen description of a run, its presets, and CLI flags made from it.
 
 Field names are also the CLI flags (`mix_prob` -> `--mix-prob`), the sweep keys and the
-Parquet columns. Paper symbols are given in comments.
+Parquet columns. Each field's `help` metadata says what it means (paper symbols in parentheses)
+and is its flag's --help text.
 """
 
 from __future__ import annotations
@@ -39,68 +40,95 @@ def default_cache_dir() -> str:
     return os.environ.get("QIMERA_CACHE", str(Path("~/.cache/qimera-sweeps").expanduser()))
 
 
+def _f(default: Any, help: str) -> Any:
+    """A field with its meaning, written once: `help` becomes its CLI flag's --help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Everything one Qimera/GDFQ run depends on. Defaults = CIFAR-10 ResNet-20 4w4a (paper)."""
+    """Everything one Qimera/GDFQ run depends on. Defaults = CIFAR-10 ResNet-20 4w4a (paper).
+
+    Each field's `help` (its meaning, paper symbol in parentheses) is its CLI flag's --help.
+    """
 
     # what to quantize and how to evaluate it
-    teacher: str = "resnet20_cifar10"    # registry name, see qimera_core.models.TEACHERS
-    teacher_weights: str = ""            # path; "" = prepared cache; "random" = random init (tests)
-    eval_data: str = "cifar10"           # cifar10|cifar100|imagenet[:VALDIR]|npz:PATH|digits
-    normalization: str = "auto"          # test-image normalisation; auto = the teacher's own
-    eval_batch_size: int = 200
-    eval_limit: int = 0                  # evaluate on the first N images only (0 = all)
-    cache_dir: str = ""                  # datasets and teacher weights; "" = $QIMERA_CACHE
-    w_bits: int = 4
-    a_bits: int = 4
+    teacher: str = _f("resnet20_cifar10", "teacher to quantize: a registry name, see "
+                                          "qimera_core.models.TEACHERS")
+    teacher_weights: str = _f("", "teacher weights file; '' = the prepared cache; "
+                                  "'random' = random init (tests)")
+    eval_data: str = _f("cifar10", "test data: cifar10 | cifar100 | imagenet[:VALDIR] | "
+                                   "npz:PATH | digits | synthetic")
+    normalization: str = _f("auto", "test-image normalisation: auto (the teacher's own) | "
+                                    "cifar10 | cifar100 | imagenet | digits | none")
+    eval_batch_size: int = _f(200, "batch size of the test-set evaluation")
+    eval_limit: int = _f(0, "evaluate on the first N test images only (0 = all)")
+    cache_dir: str = _f("", "datasets and teacher weights; '' = $QIMERA_CACHE "
+                            "(default ~/.cache/qimera-sweeps)")
+    w_bits: int = _f(4, "student weight bits (2..8)")
+    a_bits: int = _f(4, "student activation bits (2..8)")
 
-    # the method: Qimera knobs (paper symbols in comments)
-    method: str = "qimera"               # qimera | gdfq (gdfq = the GDFQ_SWITCHES below)
-    mix_prob: float = 0.4                # p: probability that a batch is superposed
-    mix_classes: int = 2                 # K: class embeddings superposed per sample
-    mix_mode: str = "batch"              # batch (official: whole batch with prob p) | sample
-    dm_layers: int = 1                   # disentanglement-mapping layers; 0 turns DM off
-    dm_width: int = 100                  # DM output width (official: 100)
-    dm_activation: str = "leaky_relu"    # between stacked DM layers: none | relu | leaky_relu
-    noise_sigma: float = 1.0             # sigma: scale of the noise added to class embeddings
-    emb_init: str = "extracted"          # extracted (teacher classifier rows) | random N(0,1)
-    freeze_embeddings: bool = False      # keep extracted embeddings fixed (supp Table 7)
-    latent_input: str = "additive"       # additive (Qimera) | multiplicative (original GDFQ)
-    cbn_mix: str = "mean"                # ImageNet CBN under superposition: mean (official) | sum
+    # the method: Qimera knobs
+    method: str = _f("qimera", "qimera | gdfq (gdfq applies GDFQ_SWITCHES: no superposition, "
+                               "no DM, random embeddings)")
+    mix_prob: float = _f(0.4, "(p) probability that a batch is superposed")
+    mix_classes: int = _f(2, "(K) class embeddings superposed per sample")
+    mix_mode: str = _f("batch", "batch (official: the whole batch with probability p) | "
+                                "sample (each sample with probability p)")
+    dm_layers: int = _f(1, "disentanglement-mapping (DM) layers; 0 turns DM off")
+    dm_width: int = _f(100, "DM output width (official: 100)")
+    dm_activation: str = _f("leaky_relu", "activation between stacked DM layers: none | relu | "
+                                          "leaky_relu")
+    noise_sigma: float = _f(1.0, "(sigma) scale of the noise added to class embeddings")
+    emb_init: str = _f("extracted", "class embeddings: extracted (the teacher's classifier "
+                                    "rows) | random N(0,1)")
+    freeze_embeddings: bool = _f(False, "keep extracted embeddings fixed (supplement Table 7)")
+    latent_input: str = _f("additive", "generator input: additive (Qimera) | multiplicative "
+                                       "(original GDFQ)")
+    cbn_mix: str = _f("mean", "ImageNet generator's conditional BN under superposition: "
+                              "mean (official) | sum")
 
     # optimisation
-    epochs: int = 400
-    steps_per_epoch: int = 200
-    batch_size: int = 200
-    warmup_epochs: int = 4               # generator-only epochs before the student trains;
-                                         # start_top1 is measured at its end (NaN if 0)
-    act_range_epochs: int = 4            # activation ranges track (EMA) these epochs, then freeze
-    act_range_mode: str = "official"     # official (compounding bias correction) | ema
-    act_ema_beta: float = 0.9
-    act_quant_sites: str = "call_site"   # call_site (a quantizer per ReLU call) | module (official)
-    lr_student: float = 1e-4
-    lr_generator: float = 1e-3
-    lr_milestones: tuple[int, ...] = (100, 200, 300)
-    lr_gamma: float = 0.1
-    momentum: float = 0.9                # student SGD (Nesterov)
-    weight_decay: float = 1e-4
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.999
-    bns_weight: float = 0.1              # weight of the BN-statistics loss in the generator loss
-    kd_temperature: float = 20.0         # T
-    kd_alpha: float = 1.0                # alpha
-    kd_reduction: str = "elementwise_mean"  # elementwise_mean (official KLDivLoss) | batchmean
-    eval_every: int = 1
-    eval_start_epoch: int = 0            # first epoch evaluated (official ImageNet: 49)
+    epochs: int = _f(400, "training epochs, warm-up included")
+    steps_per_epoch: int = _f(200, "generator (and student) steps per epoch")
+    batch_size: int = _f(200, "generated images per step")
+    warmup_epochs: int = _f(4, "generator-only epochs before the student trains; start_top1 "
+                               "is measured at their end (NaN if 0)")
+    act_range_epochs: int = _f(4, "epochs in which activation ranges follow the batches "
+                                  "(see act_range_mode); then they freeze")
+    act_range_mode: str = _f("official", "activation-range update: official (EMA with "
+                                         "compounding bias correction) | ema (plain EMA)")
+    act_ema_beta: float = _f(0.9, "EMA decay of the activation ranges, in (0, 1)")
+    act_quant_sites: str = _f("call_site", "activation quantizers: call_site (one per ReLU "
+                                           "call) | module (official: one per ReLU module)")
+    lr_student: float = _f(1e-4, "student learning rate (Nesterov SGD)")
+    lr_generator: float = _f(1e-3, "generator learning rate (Adam)")
+    lr_milestones: tuple[int, ...] = _f((100, 200, 300), "epochs at which both learning "
+                                                         "rates are multiplied by lr_gamma")
+    lr_gamma: float = _f(0.1, "learning-rate factor at each of lr_milestones")
+    momentum: float = _f(0.9, "student SGD (Nesterov) momentum")
+    weight_decay: float = _f(1e-4, "student SGD weight decay")
+    adam_beta1: float = _f(0.5, "generator Adam beta1")
+    adam_beta2: float = _f(0.999, "generator Adam beta2")
+    bns_weight: float = _f(0.1, "weight of the BN-statistics loss in the generator loss")
+    kd_temperature: float = _f(20.0, "(T) knowledge-distillation temperature")
+    kd_alpha: float = _f(1.0, "(alpha) weight of the KD loss in the student loss "
+                              "(alpha * KD + CE)")
+    kd_reduction: str = _f("elementwise_mean", "KD loss reduction: elementwise_mean "
+                                               "(official KLDivLoss) | batchmean")
+    eval_every: int = _f(1, "evaluate every N epochs from eval_start_epoch on (the end of the "
+                            "warm-up and the last epoch always)")
+    eval_start_epoch: int = _f(0, "first epoch evaluated (official ImageNet: 49)")
 
     # run
-    seed: int = 0
-    device: str = "auto"                 # auto | cpu | cuda
-    num_threads: int = 0                 # torch intra-op threads; 0 = all CPUs this process may use
-    channels_last: bool = True           # NHWC memory format (faster convs on CPU and GPU)
-    amp_bf16: bool = False               # CUDA only: bf16 autocast for teacher/generator forwards
-    tf32: str = "conv"                   # CUDA (Ampere+) only: TF32 in conv (PyTorch's default:
-                                         # cuDNN convs TF32, matmuls fp32) | off (all fp32) | all
+    seed: int = _f(0, "random seed: generator init, latents and superposition draws")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    num_threads: int = _f(0, "torch intra-op threads; 0 = all CPUs this process may use")
+    channels_last: bool = _f(True, "NHWC memory format (faster convs on CPU and GPU)")
+    amp_bf16: bool = _f(False, "CUDA only: bf16 autocast for the teacher and generator "
+                               "forwards")
+    tf32: str = _f("conv", "CUDA (Ampere+) only: conv (PyTorch's default: cuDNN convs TF32, "
+                           "matmuls fp32) | off (all fp32) | all")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -283,7 +311,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                         eval_batch_size=500),
     # The sweeps' --offline tables (Table 9's first block with 3 seeds, 72 runs, took 5.6
     # minutes on 2 idle cores): 320 steps at batch 32. The student ends above its start at
-    # low p and K and below it at high p and K (README, Offline tables). The plain EMA range
+    # low p and K and below it at high p and K (docs/sweeps.md, Offline tables). The plain EMA range
     # settles within the 80 warm-up updates.
     "digits-offline": dict(teacher="digits_resnet8", eval_data="digits", w_bits=2, a_bits=2,
                            mix_prob=0.4, mix_classes=2, dm_layers=1, emb_init="extracted",
@@ -329,12 +357,18 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def field_help(name: str) -> str:
+    """What field `name` means (its `help` metadata), without the default."""
+    return FIELDS[name].metadata["help"]
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One `--kebab-case` flag per field; unset flags stay None so presets are not overridden."""
     for name, f in FIELDS.items():
         hint = _HINTS[name]
         flag = "--" + name.replace("_", "-")
-        helptext = f"(default: {f.default})"
+        default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        helptext = f"{field_help(name)} (default: {default})".replace("%", "%%")
         if hint is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=helptext)

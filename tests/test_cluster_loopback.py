@@ -256,7 +256,8 @@ def test_ray_up_submit_table9_smoke_down(loopback_sshd: Sshd, tmp_path: Path) ->
     try:
         _run([str(RAY), "up", "-y", str(yaml_path)], tmp_path, 240, env=env)
         up = True
-        # The user's command as the README gives it: no --address, the sweep finds the cluster.
+        # The user's command from docs/cluster.md ("Run a sweep") without --address: on the
+        # head, the sweep finds the cluster by itself.
         sub = _run([str(RAY), "submit", str(yaml_path), "sweeps/table9.py", "--",
                     "--smoke-test", "--storage", str(storage), "--results", str(out)],
                    tmp_path, 420, env=env)

@@ -156,6 +156,30 @@ def test_core_imports_no_ray_sweeps_or_analysis():
     assert not bad, bad
 
 
+def test_analysis_imports_no_sweeps_and_no_ray():
+    """The analysis reads results; what a table is comes from qimera_core.tablespec, so it never
+    needs the sweeps (which import it) nor Ray."""
+    bad = [f"{name} imports {target}"
+           for name, path in modules("analysis").items()
+           for target in imported_names(name, path)
+           if target.split(".")[0] in ("sweeps", "ray")]
+    assert not bad, bad
+
+
+def test_no_private_name_is_imported_across_modules():
+    """`from x import _y` reaches into another module's private parts; what is shared is
+    public."""
+    bad = []
+    for pkg in PACKAGES:
+        for name, path in modules(pkg).items():
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    bad += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, bad
+
+
 if __name__ == "__main__":
     status = 0
     for pkg in PACKAGES:
