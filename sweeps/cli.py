@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from qimera_core.config import ArgumentParser, add_config_flags
+from sweeps import trackers
 from sweeps.page import add_page_flags
 from sweeps.plan import IMAGENET_TRIAL_GPUS, SMALL_TRIAL_GPUS
 
@@ -115,7 +116,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pack", type=_pack_flag, default=None, metavar="N|auto|off",
                    help="train up to N compatible trials (same shapes, different p, K, sigma, "
                         "seed...) together in one process and one Tune trial; auto (default "
-                        "for tables) picks N from the device, see the README; off = 1. "
+                        "for tables) picks N from the device, see docs/packs.md; off = 1. "
                         "Search mode always runs trials alone")
     g.add_argument("--recalibrate", action="store_true",
                    help="with --pack auto: measure the pack curves again and replace the "
@@ -134,6 +135,15 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fail-once-at-epoch", type=int, default=0, metavar="N",
                    help="testing: each trial kills its own process once after epoch N, and "
                         "must recover from its checkpoint")
+    g = p.add_argument_group("trackers (the trackers extra: pip install -e \".[trackers]\")")
+    g.add_argument("--wandb", type=trackers.wandb_project, default=None, metavar="PROJECT",
+                   help="log every trial's config and per-epoch metrics to this Weights & "
+                        "Biases project (Ray Tune's WandbLoggerCallback; WANDB_MODE=offline "
+                        "works without a login)")
+    g.add_argument("--mlflow", type=trackers.mlflow_uri, default=None, metavar="URI",
+                   help="log them to the MLflow tracking server or store at URI, one MLflow "
+                        "experiment per sweep (Ray Tune's MLflowLoggerCallback): http(s)://..., "
+                        "sqlite:///PATH/mlflow.db, databricks, file:///PATH")
     add_page_flags(p)
 
 

@@ -30,24 +30,24 @@ from analysis import racelog
 from analysis.status import race_lines
 from qimera_core import results, tablespec
 from qimera_core.config import TrainConfig, overrides_from_args
-from sweeps import calibrate, grid, race, rows, shared
+from sweeps import calibrate, grid, race, rows, shared, trackers
 from sweeps.cli import build_parser
 from sweeps.grid import Block, GridError
 from sweeps.page import keep_open, open_page
 from sweeps.plan import (
-    _sizes,
-    _span,
     gpus_by_teacher,
     pack_label,
+    pack_sizes,
     place,
     plan_packs,
     plan_trials,
     prepare_all,
     race_settings,
     skip_finished,
+    span,
     trial_slots,
 )
-from sweeps.trial import pack_configs, trainable
+from sweeps.trial import member_key, pack_configs, trainable
 from sweeps.writer import ResultsWriter, finish
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class TrialDirName:
 
     def __call__(self, trial: Any) -> str:
         cfgs = [c.to_dict() for c in pack_configs(trial.config)]
-        tags = "_".join(f"{a}={_span([c[a] for c in cfgs])}" for a in self.axes if a in cfgs[0])
+        tags = "_".join(f"{a}={span([c[a] for c in cfgs])}" for a in self.axes if a in cfgs[0])
         safe = "".join(c if c.isalnum() or c in "._=-" else "-" for c in tags)
         size = f"pack{len(cfgs)}--" if len(cfgs) > 1 else ""
         return f"{trial.trial_id}--{size}{safe}"[:120]
@@ -149,7 +149,8 @@ def launch(table: str, name: str, space: dict[str, Any], axes: Sequence[str],
         name=name, storage_path=args.storage,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=args.keep_checkpoints),
-        callbacks=[ResultsWriter(table, results_dir)], progress_reporter=reporter,
+        callbacks=[ResultsWriter(table, results_dir), *trackers.callbacks(args, table, name)],
+        progress_reporter=reporter,
         verbose=1)                                     # the status table; 2+ print every result
     tuner = tune.Tuner(trainable(), param_space=space, run_config=run_config,
                        tune_config=tune.TuneConfig(
@@ -243,11 +244,13 @@ def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace,
     packs = plan_packs(todo, args, gpus, trial_slots(cluster.get("CPU", 1), args), measure,
                        cluster_gpus=cluster.get("GPU", 0))
     args.recalibrate = False        # once per driver: a race's later rounds read this measurement
+    sizes = sorted(pack_sizes(packs).items(), reverse=True)
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "
-          f"({', '.join(f'{n} x {k}' for k, n in sorted(_sizes(packs).items(), reverse=True))})")
+          f"({', '.join(f'{n} x {k}' for k, n in sizes)})")
     space = {"pack": tune.grid_search([
                 {"size": len(p), "label": pack_label(p, axes),
-                 "configs": [place(c, gpus, args.cpus_per_trial).to_dict() for c in p]}
+                 "configs": {member_key(i): place(c, gpus, args.cpus_per_trial).to_dict()
+                             for i, c in enumerate(p)}}
                 for p in packs]),
              "run": {"cpus": args.cpus_per_trial, "gpus": gpus, "results": str(results_dir),
                      "fail_once_at_epoch": args.fail_once_at_epoch}}

@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 # digits-size trial leaves most of a modern GPU idle, so four share one; ImageNet takes one.
 SMALL_TRIAL_GPUS = 0.25
 IMAGENET_TRIAL_GPUS = 1.0
-# --pack auto (see auto_pack_size and the README): CPU packs pay only for small inputs
-# (bench/pack_throughput.py: digits 8x8 gains, the CIFAR 32x32 step is compute-bound and loses),
-# up to MAX_CPU_PACK members; GPU packs of up to GPU_PACK CIFAR-size runs fill one GPU.
+# --pack auto's fixed rule (see auto_pack_size, and "How auto chooses" in docs/packs.md): CPU
+# packs pay only for small inputs (bench/pack_throughput.py: digits 8x8 gains, the CIFAR 32x32
+# step is compute-bound and loses), up to MAX_CPU_PACK members; GPU packs of up to GPU_PACK
+# CIFAR-size runs fill one GPU.
 MAX_CPU_PACK = 24
 CPU_PACK_MAX_PIXELS = 16
 GPU_PACK = 8
@@ -260,7 +261,7 @@ def auto_pack_size(cfg: TrainConfig, count: int, gpus: float, slots: int) -> int
     return max(1, -(-count // packs))
 
 
-def _sizes(packs: Sequence[Sequence[TrainConfig]]) -> dict[int, int]:
+def pack_sizes(packs: Sequence[Sequence[TrainConfig]]) -> dict[int, int]:
     """{pack size: how many packs}."""
     sizes: dict[int, int] = {}
     for p in packs:
@@ -275,7 +276,7 @@ def pack_label(cfgs: Sequence[TrainConfig], axes: Sequence[str]) -> str:
                     for a in (*axes, "seed"))
 
 
-def _span(values: Sequence[Any]) -> str:
+def span(values: Sequence[Any]) -> str:
     """One value, or the smallest and largest of a pack's values."""
     d = _distinct(values)
     return _value(d[0]) if len(d) == 1 else f"{_value(d[0])}-{_value(d[-1])}"

@@ -34,7 +34,11 @@ class TuneReporter:
 
     def __call__(self, metrics: Mapping[str, Any], checkpoint_dir: Path | None = None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report({**metrics, "device_name": self.device_name}, checkpoint=checkpoint)
+        # Members keyed m0, m1, ... (not a list): Tune's loggers (TensorBoard, CSV, W&B, MLflow)
+        # flatten nested dicts into `members/m0/top1`, and drop lists.
+        members = {member_key(i): m for i, m in enumerate(metrics.get("members", ()))}
+        tune.report({**metrics, "members": members, "device_name": self.device_name},
+                    checkpoint=checkpoint)
         if self.fail_once_at_epoch and metrics.get("epoch") == self.fail_once_at_epoch:
             if self.marker is not None and not self.marker.exists():
                 self.marker.touch()
@@ -52,12 +56,29 @@ def _claim_device(cfg: TrainConfig, gpus: float) -> str:
     return "cpu"
 
 
+def member_key(index: int) -> str:
+    """A pack member's key in a trial's config and results: the `_m<index>` of its trial_id."""
+    return f"m{index}"
+
+
+def _in_order(items: Any) -> list[Any]:
+    """A pack's members, from {"m0": ..., "m1": ...} or (an older experiment's) list."""
+    if isinstance(items, Mapping):
+        return [items[member_key(i)] for i in range(len(items))]
+    return list(items or ())
+
+
 def pack_configs(params: Mapping[str, Any]) -> list[TrainConfig]:
-    """The runs of one Tune trial: a table's pack ({"pack": {"configs": [...]}}) or search
-    mode's single sampled config ({"config": {...}})."""
+    """The runs of one Tune trial: a table's pack ({"pack": {"configs": {"m0": {...}, ...}}})
+    or search mode's single sampled config ({"config": {...}})."""
     if "pack" in params:
-        return [TrainConfig.from_dict(d) for d in params["pack"]["configs"]]
+        return [TrainConfig.from_dict(d) for d in _in_order(params["pack"]["configs"])]
     return [TrainConfig.from_dict(params["config"])]
+
+
+def pack_members(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each member's metrics in a trial's result, in the order of `pack_configs`."""
+    return _in_order(result.get("members"))
 
 
 def pack_gpus(params: Mapping[str, Any]) -> float:
@@ -76,7 +97,9 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
     all among them (its driver was killed after it ended, before Tune's experiment state said
     so) ends at once.
     """
-    # torch loads in trials, not before the grid is checked
+    # Late: the driver imports this module for trainable and pack_configs and never trains, so
+    # the trainer loads in trial processes only. That does not keep torch out of the driver:
+    # building any TrainConfig imports it (the teacher-name check, qimera_core.teachers).
     from qimera_core.train import train_pack
     cfgs = pack_configs(params)
     run = params["run"]

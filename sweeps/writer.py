@@ -13,7 +13,7 @@ from ray import tune
 
 from qimera_core import results
 from sweeps import rows
-from sweeps.trial import pack_configs, pack_gpus
+from sweeps.trial import pack_configs, pack_gpus, pack_members
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ResultsWriter(tune.Callback):
         curves = self._curves.setdefault(trial.trial_id, {})
         cfgs = pack_configs(trial.config)
         share = pack_gpus(trial.config) / len(cfgs)
-        for i, member in enumerate(result.get("members", ())):
+        for i, member in enumerate(pack_members(result)):
             if "epoch" not in member or member.get("epoch") != result.get("epoch"):
                 continue                   # a diverged run's last report, written already
             keep = {**{k: member[k] for k in results.METRICS if k in member}, **pack_wide}
@@ -99,7 +99,7 @@ def write_trial(table: str, results_dir: Path, trial_id: str, params: Mapping[st
     cfgs = pack_configs(params)
     n = len(cfgs)
     share = pack_gpus(params) / n                     # each run's part of the pack's GPUs
-    members = list(metrics.get("members") or [])
+    members = pack_members(metrics)
     pack_wide = {k: metrics[k] for k in ("device_name", "time_total_s") if k in metrics}
     trial_rows, curve_rows = [], []
     for i in range(n) if runs is None else runs:
@@ -137,7 +137,7 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
             write_trial(table, results_dir, trial_id, res.config, res.metrics, error, runs=todo)
         for i in set(range(len(cfgs))) - set(todo):
             adopt_finished(table, results_dir, cfgs[i].config_hash)
-        members = list(res.metrics.get("members") or [])
+        members = pack_members(res.metrics)
         for i, cfg in enumerate(cfgs):
             status = rows.status_of(members[i] if i < len(members) else {}, error, cfg.epochs)
             counts[status] = counts.get(status, 0) + 1
