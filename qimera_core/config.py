@@ -378,5 +378,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, type=hint, default=None, help=helptext)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k in FIELD_NAMES and v is not None}
+def overrides_from_args(args: Any) -> dict[str, Any]:
+    """The config fields given on the command line, from parsed flags (an argparse Namespace,
+    or any object with `as_dict()`, such as sweeps.cli.Options)."""
+    values = args.as_dict() if hasattr(args, "as_dict") else vars(args)
+    return {k: v for k, v in values.items() if k in FIELD_NAMES and v is not None}

@@ -4,7 +4,9 @@ resource flags that `sweeps.search` shares (add_run_flags). No Ray."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from qimera_core.config import ArgumentParser, add_config_flags
 from sweeps import trackers
@@ -158,3 +160,41 @@ def _pack_flag(text: str) -> str | int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"--pack N needs N >= 1 (1 = off), got {n}")
     return n
+
+
+class Options:
+    """The parsed flags, read-only: `opts.seeds` reads a flag, `opts.replace(storage=...)` is a
+    new Options with values resolved after parsing. Nothing downstream changes a flag in place,
+    so what a function was given is what the user asked for (or what `replace` said)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    @classmethod
+    def of(cls, namespace: argparse.Namespace) -> Options:
+        return cls(vars(namespace))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no flag {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"the flags are read-only: use replace({name}=...) for a new "
+                             "Options")
+
+    def replace(self, **changes: Any) -> Options:
+        unknown = sorted(set(changes) - set(self._values))
+        if unknown:
+            raise AttributeError(f"no flag {', '.join(unknown)}")
+        return Options({**self._values, **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"Options({self._values!r})"
+

@@ -15,6 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+from ray import tune
+
+from qimera_core import results
 from qimera_core.config import (
     FIELD_NAMES,
     PRESETS,
@@ -23,7 +27,18 @@ from qimera_core.config import (
     add_config_flags,
     build,
 )
+from sweeps import grid, shared
+from sweeps.cli import Options
+from sweeps.experiment import (
+    experiment_name,
+    launch,
+    resume,
+    start_ray,
+    storage_path,
+)
 from sweeps.grid import GridError
+from sweeps.page import keep_open, open_page
+from sweeps.plan import gpus_by_teacher, place, prepare_all
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def plan(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Dim]]:
+def plan(args: Options) -> tuple[Options, TrainConfig, dict[str, Dim]]:
+    """The flags with the defaults --smoke-test implies, the base config and the space."""
     from qimera_core.config import overrides_from_args
     from sweeps.plan import check_overrides
     if args.smoke_test:
-        args.preset = args.preset or SMOKE["preset"]
-        args.num_samples = args.num_samples or SMOKE["num_samples"]
+        args = args.replace(preset=args.preset or SMOKE["preset"],
+                            num_samples=args.num_samples or SMOKE["num_samples"])
     if not args.preset:
         raise GridError("--preset is required (or --smoke-test)")
-    args.num_samples = args.num_samples or 32
+    args = args.replace(num_samples=args.num_samples or 32)
     overrides = overrides_from_args(args)
     check_overrides(overrides)
     try:
@@ -139,17 +155,75 @@ def plan(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Dim]]:
         raise GridError(f"preset {args.preset}: {err}") from None
     space = parse_space(args.space)
     check_space(base, space)
-    return base, space
+    return args, base, space
+
+
+# ---- the Tune run -----------------------------------------------------------------------------
+def to_domain(dim: Any) -> Any:
+    """A `sweeps.search.Dim` as a Tune search domain."""
+    if dim.kind == "uniform":
+        return tune.uniform(*dim.values)
+    if dim.kind == "loguniform":
+        return tune.loguniform(*dim.values)
+    if dim.kind == "int":
+        return tune.randint(dim.values[0], dim.values[1] + 1)   # randint leaves out the top
+    return tune.choice(list(dim.values))
+
+
+def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, Any]) -> int:
+    """OptunaSearch (TPE) proposes `dims` around `base`; ASHA stops the weak trials early."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    args = args.replace(storage=storage_path(args.storage))
+    results_dir = args.results.expanduser().resolve()
+    prefix = f"{args.table}-{args.preset}"
+    if args.resume:
+        try:
+            return resume(args.table, prefix, args, results_dir)
+        except (GridError, results.SchemaError) as err:
+            print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+            return 2
+    if args.pack not in (None, "off", 1):
+        print("sweeps.search: search mode trains every trial alone (ASHA stops trials one by "
+              "one, and each sample is proposed from the results before it); --pack is ignored")
+    base = grid.absolute_paths(base)
+    try:
+        page = open_page(args.table, args, results_dir)
+    except GridError as err:
+        print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+        return 2
+    prepare_all([base])
+    start_ray(args)
+    try:
+        shared.check_nodes(args.storage, [base])
+    except GridError as err:
+        print(f"python -m sweeps.search: error: {err}", file=sys.stderr)
+        return 2
+    gpus = gpus_by_teacher([base], args, ray.cluster_resources().get("GPU", 0))
+    cfg = place(base, gpus, args.cpus_per_trial)
+    space = {"config": {**cfg.to_dict(), **{k: to_domain(d) for k, d in dims.items()}},
+             "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
+                     "fail_once_at_epoch": args.fail_once_at_epoch}}
+    grace = args.grace_epochs or max(1, cfg.epochs // 8, cfg.eval_start_epoch + 1)
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.search_seed))
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
+                              grace_period=min(grace, cfg.epochs))
+    print(f"{args.table}: {args.num_samples} trials of {args.preset}, searching "
+          f"{', '.join(dims)} for the highest {args.metric}")
+    return keep_open(page, args.table, launch(
+        args.table, experiment_name(args, prefix), space, list(dims), args, results_dir,
+        metric=args.metric, mode="max", search_alg=searcher, scheduler=scheduler,
+        num_samples=args.num_samples))
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from sweeps.launch import run_search
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = Options.of(parser.parse_args(argv))
     try:
-        base, space = plan(args)
+        args, base, space = plan(args)
     except GridError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     return run_search(args, base, space)

@@ -148,4 +148,4 @@ def finish(table: str, result_grid: Any, results_dir: Path) -> int:
 
 
 def _trial_id_from_path(path: str) -> str:
-    return Path(path).name.split("--")[0]             # launch.TrialDirName puts the id first
+    return Path(path).name.split("--")[0]             # experiment.TrialDirName puts the id first

@@ -217,7 +217,7 @@ def test_dry_run_counts_reused_trials(tmp_path, capsys):
 
 
 def test_resources_storage_and_placement(tmp_path, monkeypatch):
-    from sweeps.launch import storage_path
+    from sweeps.experiment import storage_path
     from sweeps.plan import default_gpus, place
     digits, imagenet = build("digits-smoke"), build("imagenet-resnet50-4w4a")
     assert default_gpus(digits, None, have_gpus=True) == 0.25
@@ -294,3 +294,15 @@ def test_a_packs_rows_are_one_per_member(tmp_path):
     assert rows.unrecorded(tmp_path, "abc_00001", cfgs) == []
     third = build("digits-smoke", mix_prob=0.7)
     assert rows.unrecorded(tmp_path, "abc_00001", [*cfgs, third]) == [2]
+
+
+def test_the_parsed_flags_are_read_only():
+    from sweeps.cli import Options, build_parser
+    opts = Options.of(build_parser("table9").parse_args(["--seeds", "2", "--storage", "s"]))
+    assert opts.seeds == 2 and opts.storage == "s"
+    with pytest.raises(AttributeError, match="read-only"):
+        opts.storage = "elsewhere"
+    moved = opts.replace(storage="/abs/s")
+    assert moved.storage == "/abs/s" and opts.storage == "s"
+    with pytest.raises(AttributeError, match="no flag 'nope'"):
+        opts.nope  # noqa: B018

@@ -195,13 +195,13 @@ def test_fractional_gpu_trial_runs_on_cuda(local_ray, digits_cache, tmp_path):
 
 
 def test_running_cluster_is_found_from_env_or_ray_start_marker(monkeypatch, tmp_path):
-    from sweeps import launch
+    from sweeps import experiment
 
-    monkeypatch.setattr(launch.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(experiment.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert launch.running_cluster() is None
+    assert experiment.running_cluster() is None
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:6379")
-    assert launch.running_cluster() == "auto"
+    assert experiment.running_cluster() == "auto"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert launch.running_cluster() == "10.0.0.1:6379"
+    assert experiment.running_cluster() == "10.0.0.1:6379"
