@@ -1,11 +1,13 @@
-"""bench/racing.py on a tiny case: its figures have the expected columns and are probabilities,
-its vectorised fixed design is analysis.stats.ties, and its race loop decides as
-sweeps.race.replay does on the same values (so the bench measures the shipped rule)."""
+"""bench/racing.py on tiny sizes: its figures have the expected columns and are probabilities
+with their intervals, its fixed design's bold is analysis.stats.ties, and its race loop on
+arrays decides as sweeps.race.replay does on the same values as rows (so the bench measures the
+shipped rules)."""
 
 from __future__ import annotations
 
-import gc
 import importlib.util
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,57 +24,98 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "racing.py"
 def racing():
     spec = importlib.util.spec_from_file_location("racing_bench", BENCH)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses and the workers' pickles look it up
     spec.loader.exec_module(mod)
-    gc.collect()
-    gc.freeze()      # statsmodels' Holm calls gc.collect() on every table; skip the imports
     yield mod
-    gc.unfreeze()
+    sys.modules.pop(spec.name, None)
 
 
 def test_tiny_bench_has_the_columns_and_probabilities(racing):
-    frame = racing.bench(["t8-cifar10"], [1.0], reps=20, race_reps=1, fixed=(3, 5),
-                         variants={"race": {}}, seed=1)
-    assert list(frame["design"]) == ["fixed 3", "fixed 5", "race"]
-    for col in ("table", "s", "design", "reps", "P_right", "P_worse_tied", "trials",
-                "se_right"):
+    frame, extra = racing.bench(["t8-cifar10"], [1.0], ["equal-5"], reps=20, race_reps=2,
+                                fixed=(2, 5), variants={"race": {}}, seed=1)
+    assert list(frame["design"]) == ["fixed 2", "fixed 5", "race"] * 2
+    assert list(frame["setting"]) == ["t8-cifar10"] * 3 + ["equal-5"] * 3
+    for col in ("setting", "kind", "s", "design", "reps", "trials", "stops"):
         assert col in frame
-    probs = frame[["P_right", "P_worse_tied"]].to_numpy()
-    assert ((probs >= 0) & (probs <= 1)).all()
-    assert list(frame["trials"][:2]) == [15, 25]          # 5 cells x n seeds
-    assert 15 <= frame["trials"].iloc[2] <= 5 * 20          # n0 ... max_seeds per cell
+    for c in ("right", "best_lost", "worse_bold", "best_out"):
+        p, lo, hi = (frame[f"P_{c}"], frame[f"{c}_lo"], frame[f"{c}_hi"])
+        ok = p.notna()
+        assert ((p[ok] >= 0) & (p[ok] <= 1)).all()
+        assert ((lo[ok] <= p[ok] + 1e-12) & (p[ok] <= hi[ok] + 1e-12)).all()
+        assert ((lo[ok] >= 0) & (hi[ok] <= 1)).all()
+    assert frame.loc[frame["design"] == "race", "P_best_out"].notna().all()
+    assert frame.loc[frame["design"] != "race", "P_best_out"].isna().all()
+    assert list(frame["trials"][:2]) == [10, 25]            # 5 cells x n seeds
+    assert 15 <= frame["trials"].iloc[2] <= 5 * 20           # n0 ... max_seeds per cell
+    assert (frame.loc[frame["setting"] == "equal-5", "P_right"] == 1).all()  # all within delta
+    assert set(extra["seconds"]) == {"t8-cifar10 s=1", "equal-5 s=1"}
     v = racing.verdicts(frame)
-    assert {"table", "s", "race", "P_right", "trials", "fixed", "fixed_trials", "ratio",
-            "wins"} <= set(v.columns)
+    assert len(v) == 1 and v["setting"].iloc[0] == "t8-cifar10"    # table settings only
+    assert {"setting", "s", "race", "P_right", "right_lo", "race_trials", "fixed",
+            "fixed_trials", "ratio", "bound", "wins", "why"} <= set(v.columns)
     assert (v["ratio"] > 0).all()
+    assert not v["wins"].iloc[0]                 # 2 races cannot reach a lower end of 0.95
+    assert v["why"].iloc[0].startswith("race does not reach")
 
 
-def test_fixed_design_is_stats_ties(racing):
+def test_the_figures_do_not_depend_on_workers(racing):
+    kw = dict(reps=10, race_reps=1, fixed=(3,), variants={"race": {}}, seed=2)
+    one, _ = racing.bench([], [1.0], ["near-tie", "equal-5"], workers=1, **kw)
+    two, _ = racing.bench([], [1.0], ["near-tie", "equal-5"], workers=2, **kw)
+    cols = ["setting", "design", "right", "best_lost", "best_out", "worse_bold", "trials"]
+    pd.testing.assert_frame_equal(one[cols], two[cols])
+
+
+def test_fixed_design_bold_is_stats_ties(racing):
     rng = np.random.default_rng(3)
-    x = rng.normal(0, 1, (6, 7, 5)) + np.linspace(0, 1.5, 7)[None, :, None]
-    best, tied = racing.fixed_design(x, 4, 0.05)
+    x = rng.normal(0, 1, (6, 7, 5)) + np.linspace(0, 2.5, 7)[None, :, None] \
+        + rng.normal(0, 0.5, (6, 1, 5))
+    best, bold = racing.fixed_design(x, 4, 0.05)
+    seen_out = False
     for r in range(len(x)):
         verdict = stats.ties({i: {j: float(x[r, i, j]) for j in range(4)} for i in range(7)})
         assert int(best[r]) == next(i for i in range(7) if verdict.at[i, "best"])
-        assert tied[r].tolist() == [bool(verdict.at[i, "tied"]) for i in range(7)]
-    p = [0.01, float("nan"), 0.04, 0.03, 0.2]
-    np.testing.assert_allclose(racing.holm_matrix(np.array([p]))[0], stats.holm(p))
+        assert bold[r].tolist() == [bool(verdict.at[i, "tied"]) for i in range(7)]
+        seen_out |= not bold[r].all()
+    assert seen_out                              # the case tells bold from not bold
 
 
-def test_race_loop_decides_as_replay(racing):
-    from sweeps import table8
-    group, cells = next(iter(race.groups(table8.BLOCKS[:1]).items()))
+@dataclass(frozen=True)
+class _Trial:
+    config_hash: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """What replay reads of a race.Cell (a TrainConfig would load torch: slow in a small test)."""
+    key: str
+    label: str
+    fields: dict = field(default_factory=dict)
+
+    def at(self, seed: int) -> _Trial:
+        return _Trial(f"{self.key}-s{seed}", seed)
+
+
+@pytest.mark.parametrize("kw", [{}, {"width": 0, "stop": "tost"}], ids=["default", "w0-tost"])
+def test_race_loop_decides_as_replay(racing, kw):
+    cells = [_Cell(f"h{d}", f"dm_layers={d}", {"setting": "fake", "dm_layers": d})
+             for d in (0, 1, 2, 4, 8)]
     truth = racing.truth("t8-cifar10")
-    keys = [f"dm_layers={c.fields['dm_layers']:g}" for c in cells]
-    mu = np.array([truth[k] for k in keys])
-    x = racing.draws(mu, 1.0, 0.5, 1, 6, (5,))[0]
+    mu = np.array([truth[c.label] for c in cells])
+    mu[-1] -= 3.0                  # a clearly worse cell, so that some cell goes out
+    x = racing.draws(mu, 1.0, 0.5, 1, 8, (5,))[0]
     rows = [{"config_hash": c.at(j).config_hash, "status": "ok", "top1": float(x[i, j]),
              "gpu_seconds": 0.0, "wall_time_s": 1.0, "finished_at": "2026-01-01T00:00:00Z"}
-            for i, c in enumerate(cells) for j in range(6)]
+            for i, c in enumerate(cells) for j in range(8)]
     done = pd.DataFrame(rows).set_index("config_hash")
-    settings = race.Settings(max_seeds=6)   # few rounds: replay hashes every trial a round
-    st = race.replay(group, cells, done, settings)
-    best, final, survivors, used, stop = racing.run_race(x, keys, settings)
-    assert stop == st.stop
-    assert keys[[c.label for c in cells].index(st.winner)] == best
-    assert [len(final[k]) for k in keys] == [st.n[c.key] for c in cells]
-    assert used == sum(st.n.values())
+    settings = race.Settings(max_seeds=8, **kw)
+    (st,) = race.replay({"g": cells}, done, settings)
+    run = racing.run_race(x, settings)
+    assert st.stop and run.stop == st.stop
+    assert cells[run.pick].label == st.winner
+    assert run.n.tolist() == [st.n[c.key] for c in cells]
+    assert run.looks == len(st.rounds)
+    out = {e.key: r.round + 1 for r in st.rounds for e in r.eliminated}   # look = round + 1
+    assert out and {cells[i].key: int(run.out_at[i]) for i in np.flatnonzero(run.out_at)} == out
+    assert sorted(run.survivors) == sorted(i for i, c in enumerate(cells) if c.key not in out)
