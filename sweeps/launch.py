@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from qimera_core import results, tablespec
 from sweeps import grid, race
 from sweeps.cli import Options, build_parser
-from sweeps.experiment import experiment_name, print_todo, resume, run_round, storage_path
+
+# TrialDirName: Tune experiments saved before the split pickled it as sweeps.launch's, and
+# restoring one looks for it here.
+from sweeps.experiment import (  # noqa: F401
+    TrialDirName,
+    experiment_name,
+    print_todo,
+    resume,
+    run_round,
+    storage_path,
+)
 from sweeps.grid import Block, GridError
 from sweeps.page import keep_open, open_page
 from sweeps.plan import (
