@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qimera_core.builders import build_models
+from qimera_core.builders import build_models, build_networks
 from qimera_core.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class Trained:
     cfg: TrainConfig
     teacher: nn.Module
     student: nn.Module
-    generator: nn.Module
+    generator: nn.Module | None     # None for a post-training run (zeroq, dsg)
     epoch: int
 
 
@@ -96,8 +96,16 @@ def load_trained(ckpt_dir: Path, device: str | torch.device = "cpu", member: int
         raise ValueError(f"member {member} diverged at epoch {epoch}; "
                          "the checkpoint keeps no state for it")
     cfg = TrainConfig.from_dict({**configs[member], "device": str(device)})
-    teacher, student, generator = build_models(cfg, torch.device(device))
     row = live.index(member)
+    if "stage" in state:                                   # a post-training run: no generator
+        if state["stage"] != "tune":
+            raise ValueError(f"{ckpt_dir} holds a run still synthesising its images; resume it "
+                             "first, its student is not calibrated yet")
+        teacher, student = build_networks(cfg, torch.device(device))
+        sd = state["student"]
+        student.load_state_dict({k: v[row] for k, v in sd.items()} if state["stacked"] else sd)
+        return Trained(cfg, teacher, student, None, int(state["epoch"]))
+    teacher, student, generator = build_models(cfg, torch.device(device))
     for module, key in ((student, "student"), (generator, "generator")):
         sd = state[key]
         module.load_state_dict({k: v[row] for k, v in sd.items()} if state["stacked"] else sd)

@@ -18,13 +18,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-METHODS = ("qimera", "gdfq")
+# Generator methods train a generator and the student together (qimera_core.train); the
+# post-training (PTQ) methods optimise a fixed set of images, calibrate and evaluate, with an
+# optional fine-tuning of the student on that set (qimera_core.ptq; docs/baselines.md).
+GENERATOR_METHODS = ("qimera", "gdfq")
+PTQ_METHODS = ("zeroq", "dsg")
+METHODS = (*GENERATOR_METHODS, *PTQ_METHODS)
 # The switches that turn Qimera into the GDFQ baseline (method doc §9.2).
 GDFQ_SWITCHES: dict[str, Any] = dict(mix_prob=0.0, dm_layers=0, emb_init="random",
                                      freeze_embeddings=False)
+# Fields only the generator methods use. A PTQ method keeps each at its PTQ_NEUTRAL value (the
+# field's default, or the switch below), so its rows say "no superposition, no DM, no warm-up".
+GENERATOR_FIELDS = ("mix_prob", "mix_classes", "mix_mode", "dm_layers", "dm_width",
+                    "dm_activation", "noise_sigma", "emb_init", "freeze_embeddings",
+                    "latent_input", "cbn_mix", "lr_generator", "adam_beta1", "adam_beta2",
+                    "bns_weight", "warmup_epochs", "act_range_epochs", "act_ema_beta")
+# Fields only the PTQ methods use; a generator method keeps them at their defaults.
+PTQ_FIELDS = ("synth_iters", "synth_lr", "synth_patience", "synth_batches", "synth_init",
+              "dsg_slack", "dsg_enhance", "dsg_eps", "dsg_slack_samples")
+# What build(method=<PTQ>) sets: no fine-tuning (epochs = 0) and ZeroQ's range rule, running
+# min/max from 0 (baselines doc §1). ZeroQ's batch is 64 (its run.sh); DSG's is the number of
+# BN layers of the teacher (build() counts them).
+PTQ_SWITCHES: dict[str, Any] = dict(epochs=0, act_range_mode="minmax")
+ZEROQ_BATCH = 64
 # plus npz:PATH and imagenet:PATH
 EVAL_DATA = ("cifar10", "cifar100", "imagenet", "digits", "synthetic")
-NORMALIZATIONS = ("auto", "cifar10", "cifar100", "imagenet", "digits", "none")
+NORMALIZATIONS = ("auto", "cifar10", "cifar10-zeroq", "cifar100", "imagenet", "digits", "none")
 DEVICES = ("auto", "cpu", "cuda")
 # Fields that say where or how fast a run happens, not what it computes: left out of the
 # config hash so that the same trial on another machine or cache is recognised as done.
@@ -32,7 +51,10 @@ RUN_ONLY_FIELDS = ("device", "num_threads", "cache_dir")
 # Fields added after results were recorded, with the value that reproduces those results: left
 # out of the config hash at that value, so finished trials keep their hash. (act_quant_sites:
 # every teacher that ran before quantizes identically in "call_site" mode, see quant.quantize.)
-HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site", "tf32": "conv"}
+HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site", "tf32": "conv",
+                                 "synth_iters": 500, "synth_lr": 0.5, "synth_patience": 100,
+                                 "synth_batches": 1, "synth_init": "normal", "dsg_slack": True,
+                                 "dsg_enhance": True, "dsg_eps": 0.9, "dsg_slack_samples": 256}
 TF32_MODES = ("conv", "off", "all")
 
 
@@ -60,7 +82,8 @@ class TrainConfig:
     eval_data: str = _f("cifar10", "test data: cifar10 | cifar100 | imagenet[:VALDIR] | "
                                    "npz:PATH | digits | synthetic")
     normalization: str = _f("auto", "test-image normalisation: auto (the teacher's own) | "
-                                    "cifar10 | cifar100 | imagenet | digits | none")
+                                    "cifar10 | cifar10-zeroq (ZeroQ's std) | cifar100 | "
+                                    "imagenet | digits | none")
     eval_batch_size: int = _f(200, "batch size of the test-set evaluation")
     eval_limit: int = _f(0, "evaluate on the first N test images only (0 = all)")
     cache_dir: str = _f("", "datasets and teacher weights; '' = $QIMERA_CACHE "
@@ -70,7 +93,9 @@ class TrainConfig:
 
     # the method: Qimera knobs
     method: str = _f("qimera", "qimera | gdfq (gdfq applies GDFQ_SWITCHES: no superposition, "
-                               "no DM, random embeddings)")
+                               "no DM, random embeddings) | zeroq | dsg (post-training: "
+                               "synthesised images, calibration, evaluation; epochs > 0 adds "
+                               "KD fine-tuning on those images)")
     mix_prob: float = _f(0.4, "(p) probability that a batch is superposed")
     mix_classes: int = _f(2, "(K) class embeddings superposed per sample")
     mix_mode: str = _f("batch", "batch (official: the whole batch with probability p) | "
@@ -97,7 +122,8 @@ class TrainConfig:
     act_range_epochs: int = _f(4, "epochs in which activation ranges follow the batches "
                                   "(see act_range_mode); then they freeze")
     act_range_mode: str = _f("official", "activation-range update: official (EMA with "
-                                         "compounding bias correction) | ema (plain EMA)")
+                                         "compounding bias correction) | ema (plain EMA) | "
+                                         "minmax (ZeroQ: running min/max from 0)")
     act_ema_beta: float = _f(0.9, "EMA decay of the activation ranges, in (0, 1)")
     act_quant_sites: str = _f("call_site", "activation quantizers: call_site (one per ReLU "
                                            "call) | module (official: one per ReLU module)")
@@ -119,6 +145,22 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs from eval_start_epoch on (the end of the "
                             "warm-up and the last epoch always)")
     eval_start_epoch: int = _f(0, "first epoch evaluated (official ImageNet: 49)")
+
+    # post-training methods (zeroq, dsg): image synthesis; batch_size images per batch
+    synth_iters: int = _f(500, "zeroq/dsg: Adam iterations per synthesised batch")
+    synth_lr: float = _f(0.5, "zeroq/dsg: Adam learning rate on the pixels")
+    synth_patience: int = _f(100, "zeroq/dsg: ReduceLROnPlateau patience (factor 0.1, "
+                                  "min lr 1e-4, stepped on the loss every iteration)")
+    synth_batches: int = _f(1, "zeroq/dsg: batches synthesised (each of batch_size images)")
+    synth_init: str = _f("normal", "zeroq/dsg: pixel init: normal (the papers, N(0,1)) | "
+                                   "uniform (ZeroQ's code, +-0.0235)")
+    dsg_slack: bool = _f(True, "dsg: slack distribution alignment (per-layer slacks from "
+                               "Gaussian data)")
+    dsg_enhance: bool = _f(True, "dsg: layerwise sample enhancement (weights I + 11^T)")
+    dsg_eps: float = _f(0.9, "dsg: (epsilon) percentile of the Gaussian data's statistic gaps "
+                             "taken as the slack")
+    dsg_slack_samples: int = _f(256, "dsg: Gaussian images through the teacher for the slacks "
+                                     "(not stated by the paper)")
 
     # run
     seed: int = _f(0, "random seed: generator init, latents and superposition draws")
@@ -162,6 +204,10 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIELD_NAMES = frozenset(FIELDS)
+# The generator-only fields' values in a PTQ run: their defaults, with GDFQ's switches (no
+# superposition, no DM, random embeddings) and no warm-up.
+PTQ_NEUTRAL: dict[str, Any] = {**{k: FIELDS[k].default for k in GENERATOR_FIELDS},
+                               **GDFQ_SWITCHES, "warmup_epochs": 0}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -184,6 +230,23 @@ def _check(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _check_method_fields(c: TrainConfig) -> None:
+    """A PTQ method given a generator-only option, or a generator method given a PTQ-only
+    option: one line naming the fields and the fix."""
+    if c.method in PTQ_METHODS:
+        bad = {k: getattr(c, k) for k in GENERATOR_FIELDS if getattr(c, k) != PTQ_NEUTRAL[k]}
+        _check(not bad, f"method={c.method!r} is post-training (no generator, no warm-up), but "
+                        f"this config sets generator options {bad}; drop them (--method "
+                        f"{c.method} and build(method={c.method!r}) set them to "
+                        f"{ {k: PTQ_NEUTRAL[k] for k in bad} }), or use a generator method "
+                        "(qimera, gdfq)")
+    else:
+        bad = {k: getattr(c, k) for k in PTQ_FIELDS if getattr(c, k) != FIELDS[k].default}
+        _check(not bad, f"method={c.method!r} trains a generator, but this config sets "
+                        f"post-training options {bad}; drop them, or use method 'zeroq' or "
+                        "'dsg'")
+
+
 def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks reads best
     for name, hint in _HINTS.items():
         v = getattr(c, name)
@@ -200,6 +263,7 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
     _check(2 <= c.w_bits <= 8, f"w_bits must be in 2..8, got {c.w_bits}")
     _check(2 <= c.a_bits <= 8, f"a_bits must be in 2..8, got {c.a_bits}")
     _check(c.method in METHODS, f"method must be one of {METHODS}, got {c.method!r}")
+    _check_method_fields(c)
     if c.method == "gdfq":
         bad = {k: getattr(c, k) for k, v in GDFQ_SWITCHES.items() if getattr(c, k) != v}
         _check(not bad, f"method='gdfq' means {GDFQ_SWITCHES}, but this config sets {bad}. "
@@ -226,16 +290,28 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
                "latent_input='multiplicative' is the original GDFQ generator input: it needs "
                "mix_prob=0, dm_layers=0 and emb_init='random' (use method='gdfq')")
     _check(c.cbn_mix in ("mean", "sum"), f"cbn_mix must be 'mean' or 'sum', got {c.cbn_mix!r}")
-    for name in ("epochs", "steps_per_epoch", "batch_size", "eval_batch_size", "eval_every"):
+    for name in ("steps_per_epoch", "batch_size", "eval_batch_size", "eval_every"):
         _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
+    if c.method in PTQ_METHODS:
+        _check(c.epochs >= 0, f"epochs (KD fine-tuning epochs of a {c.method} run; 0 = none) "
+                              f"must be >= 0, got {c.epochs}")
+    else:
+        _check(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}")
     _check(c.batch_size >= 2, "batch_size must be >= 2: the generator's BatchNorm needs "
                               f"at least two samples, got {c.batch_size}")
     _check(0 <= c.warmup_epochs <= c.epochs,
            f"warmup_epochs must be in 0..epochs ({c.epochs}), got {c.warmup_epochs}")
     _check(c.act_range_epochs >= 1, "act_range_epochs must be >= 1: activation ranges need "
                                     f"at least one calibration epoch, got {c.act_range_epochs}")
-    _check(c.act_range_mode in ("official", "ema"),
-           f"act_range_mode must be 'official' or 'ema', got {c.act_range_mode!r}")
+    _check(c.act_range_mode in ("official", "ema", "minmax"),
+           f"act_range_mode must be 'official', 'ema' or 'minmax', got {c.act_range_mode!r}")
+    for name in ("synth_iters", "synth_batches", "synth_patience", "dsg_slack_samples"):
+        _check(getattr(c, name) >= 1, f"{name} must be >= 1, got {getattr(c, name)}")
+    _check(c.synth_lr > 0, f"synth_lr must be > 0, got {c.synth_lr}")
+    _check(c.synth_init in ("normal", "uniform"),
+           f"synth_init must be 'normal' (the papers) or 'uniform' (ZeroQ's code), "
+           f"got {c.synth_init!r}")
+    _check(0.0 < c.dsg_eps < 1.0, f"dsg_eps (a percentile) must be in (0, 1), got {c.dsg_eps}")
     _check(c.act_quant_sites in ("call_site", "module"),
            "act_quant_sites must be 'call_site' (one activation quantizer per ReLU call) or "
            f"'module' (official: one per ReLU module), got {c.act_quant_sites!r}")
@@ -344,8 +420,30 @@ def build(preset: str | None = None, **overrides: Any) -> TrainConfig:
     method = overrides.get("method", d.get("method", "qimera"))
     if method == "gdfq":
         d.update(GDFQ_SWITCHES)
+    if method in PTQ_METHODS:
+        d.update(PTQ_NEUTRAL)
+        d.update(PTQ_SWITCHES)
+        if "batch_size" not in overrides:
+            d["batch_size"] = (ZEROQ_BATCH if method == "zeroq" else
+                               bn_layers(overrides.get("teacher", d.get("teacher",
+                                                                        FIELDS["teacher"].default))))
     d.update(overrides)
     return TrainConfig.from_dict(d)
+
+
+def bn_layers(teacher: str) -> int:
+    """The number of BatchNorm2d layers of a registered teacher (built on the meta device, no
+    weights): DSG's batch size. A teacher without BN cannot run DSG or ZeroQ."""
+    import torch  # late: keeps `import qimera_core.config` free of torch
+
+    from qimera_core import models
+    with torch.device("meta"):
+        model = models.create(teacher)
+    n = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    if n == 0:
+        raise ValueError(f"teacher {teacher!r} has no BatchNorm2d layer: ZeroQ and DSG match "
+                         "the teacher's BN statistics; choose a BN teacher")
+    return n
 
 
 # ---- CLI flags from the fields -------------------------------------------------------------

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # `digits_pixel_stats()`; tests/test_data.py checks that the constants still match it.
 NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)),
+    # ZeroQ's CIFAR-10 test transform (baselines doc §1, trap 4): another std.
+    "cifar10-zeroq": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.50705882, 0.48666667, 0.44078431), (0.26745098, 0.25568627, 0.27607843)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "digits": ((0.30505120,), (0.37593456,)),

@@ -71,7 +71,8 @@ class QuantAct(nn.Module):
     """An activation (ReLU or ReLU6) followed by a per-tensor activation quantizer.
 
     While `calibrating`, every forward updates the range with the official recurrence
-    (method doc §2.3) or a plain EMA, then quantizes with the updated range.
+    (method doc §2.3), a plain EMA or ZeroQ's running min/max from 0, then quantizes with the
+    updated range.
 
     `packed` (set by `qimera_core.pack` on the template it vmaps over a pack's stacked
     buffers), or float64 input: plain ops instead of the fused kernel (same values in float32),
@@ -98,7 +99,11 @@ class QuantAct(nn.Module):
     def _update_range(self, y: Tensor) -> None:
         ymin, ymax = torch.aminmax(y.detach())
         b = self.beta
-        if self.mode == "official":
+        if self.mode == "minmax":
+            # ZeroQ's rule (baselines doc §1): running min/max, both bounds starting at 0.
+            self.lo.copy_(torch.minimum(self.lo, ymin))
+            self.hi.copy_(torch.maximum(self.hi, ymax))
+        elif self.mode == "official":
             # m_t = (b m_{t-1} + (1-b) min) / (1 - b_t), b_t = b_{t-1} b: the stored value is
             # divided again every step, as in the official code.
             self.beta_t.mul_(b)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from qimera_core import checkpoint, cli, data, pack, prepare
 from qimera_core.builders import resolve_device
-from qimera_core.config import RUN_ONLY_FIELDS, TrainConfig
+from qimera_core.config import PTQ_METHODS, RUN_ONLY_FIELDS, TrainConfig
 from qimera_core.report import Reporter, log_reporter
 from qimera_core.step import Trial
 
@@ -86,7 +86,8 @@ def train(cfg: TrainConfig, out_dir: Path, report: Reporter = log_reporter,
 def train_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_reporter,
                resume_from: Path | None = None) -> list[dict[str, Any]]:
     """Train a pack (configs that build the same shapes, see `qimera_core.pack`) in this process,
-    writing only inside `out_dir`. A pack of one is a plain run (no vmap).
+    writing only inside `out_dir`. A pack of one is a plain run (no vmap). Post-training methods
+    (zeroq, dsg) run qimera_core.ptq's path instead, with the same reports and results.
 
     Each epoch `report` gets the pack's summary (`epoch`, `top1` = mean over the members
     evaluated, `top1_min`, `top1_max`, `live`) and `members`: every member's latest metrics, in
@@ -97,6 +98,9 @@ def train_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = lo
     cfgs = list(cfgs)
     pack.check_packable(cfgs)
     cfg = cfgs[0]
+    if cfg.method in PTQ_METHODS:                  # zeroq, dsg: no generator, no student loop
+        from qimera_core import ptq               # late: ptq builds on this module
+        return ptq.run_pack(cfgs, out_dir, report=report, resume_from=resume_from)
     ckpt_dir = Path(out_dir) / "checkpoint"
     device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.num_threads or _usable_cpus())
