@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from qimera_core.config import FIELD_NAMES, RUN_ONLY_FIELDS
+from qimera_core.config import FIELD_NAMES, PTQ_METHODS, RUN_ONLY_FIELDS
 
 from . import paper, raced, stats
 from .load import (
@@ -192,7 +192,8 @@ def _mark_ties(cells: pd.DataFrame, by: list[str], alpha: float) -> None:
 def _text(c: pd.Series, seeds: int, compare: bool) -> str:
     if c["kind"] == "paper":
         dagger = "†" if c["paper_flag"] == "no_converge" else ""
-        return f"{c['mean']:.2f}{dagger} (paper)" if not math.isnan(c["mean"]) else "-"
+        source = "quoted" if c["status"] == "quoted" else "paper"
+        return f"{c['mean']:.2f}{dagger} ({source})" if not math.isnan(c["mean"]) else "-"
     if math.isnan(c["mean"]):
         return "-"
     if c["kind"] == "derived":
@@ -285,7 +286,10 @@ def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: 
         notes.append(f"Cells are {METRICS[metric]}.")
     if ((cells["kind"] == "paper") & (cells["status"] == "paper")).any():
         notes.append("(paper): a baseline we do not run; the value is the paper's.")
-    gaps = ~cells["status"].isin(["ok", "paper"]) & cells["kind"].isin(["ours", "paper"])
+    if (cells["status"] == "quoted").any():
+        notes.append("(quoted): a baseline we run, not run in this setting yet; the value is "
+                     "the paper's, from another pipeline (docs/baselines.md says whose).")
+    gaps = ~cells["status"].isin(["ok", "paper", "quoted"]) & cells["kind"].isin(["ours", "paper"])
     gaps &= ~((cells["status"] == "not run") & (cells["kind"] == "ours"))
     # a cell the race put out has fewer seeds by design; its text says so
     gaps &= ~((cells["status"] == "partial") & (cells.get("race_out", "") != ""))
@@ -308,10 +312,12 @@ def data_notes(trials: pd.DataFrame) -> list[str]:
     if other:
         notes.append(f"NOT PAPER RESULTS: {', '.join(other)} data (offline smoke/pipeline "
                      "check); such rows have no paper counterpart.")
-    epochs = sorted({int(e) for e in trials["epochs"]})
-    if epochs != [paper.PAPER_EPOCHS]:
+    # the generator methods' schedule (a post-training run's epochs are its fine-tuning's)
+    gen = trials[~trials["method"].isin(PTQ_METHODS)]
+    epochs = sorted({int(e) for e in gen["epochs"]})
+    if epochs and epochs != [paper.PAPER_EPOCHS]:
         notes.append(f"Schedule: epochs {epochs} (paper: {paper.PAPER_EPOCHS}); steps per epoch "
-                     f"{sorted({int(s) for s in trials['steps_per_epoch']})} (paper: 200).")
+                     f"{sorted({int(s) for s in gen['steps_per_epoch']})} (paper: 200).")
     return notes
 
 

@@ -86,7 +86,14 @@ def model_label(teacher: str) -> str:
     return teacher
 
 
-def method_label(method: str, freeze_embeddings: bool) -> str:
+PTQ_LABELS = {"zeroq": "ZeroQ", "dsg": "DSG"}
+
+
+def method_label(method: str, freeze_embeddings: bool, epochs: int = 0) -> str:
+    """A run's column in the method tables. A post-training method fine-tuned on its images
+    (epochs > 0) is its own column, "ZeroQ + KD": better data and more training stay apart."""
+    if method in PTQ_LABELS:
+        return PTQ_LABELS[method] + (" + KD" if epochs else "")
     if method == "gdfq":
         return "GDFQ"
     return "Extracted Init + Freeze" if freeze_embeddings else "Qimera"
@@ -99,8 +106,8 @@ def add_labels(df: pd.DataFrame) -> pd.DataFrame:
                      for e, t in zip(df["eval_data"], df["teacher"], strict=True)]
     df["model"] = [model_label(t) for t in df["teacher"]]
     df["bits"] = [f"{int(w)}w{int(a)}a" for w, a in zip(df["w_bits"], df["a_bits"], strict=True)]
-    df["method_label"] = [method_label(m, bool(f))
-                          for m, f in zip(df["method"], df["freeze_embeddings"], strict=True)]
+    df["method_label"] = [method_label(m, bool(f), int(e)) for m, f, e in
+                          zip(df["method"], df["freeze_embeddings"], df["epochs"], strict=True)]
     df["setting"] = [f"{d} {m} {b}"
                      for d, m, b in zip(df["dataset"], df["model"], df["bits"], strict=True)]
     # Digits and synthetic runs are pipeline checks; they must never pass for paper results.

@@ -105,7 +105,13 @@ def _config(dataset: str, model: str, bits: str, **overrides) -> config.TrainCon
     return config.build(preset, w_bits=w, a_bits=a, **overrides)
 
 
+# The paper's baselines we run ourselves (qimera_core.ptq), by the paper's name.
+RUN_BASELINES = {"ZeroQ": "zeroq", "DSG": "dsg"}
+
+
 def _overrides(row: pd.Series) -> dict:
+    if row["method"] in RUN_BASELINES:
+        return {"method": RUN_BASELINES[row["method"]]}
     if row["method"] == "GDFQ":
         out = {"method": "gdfq"}
         if not math.isnan(row["sigma_z"]):
@@ -124,14 +130,14 @@ def _overrides(row: pd.Series) -> dict:
 def paper_trials(table: str) -> pd.DataFrame:
     """Trial rows (schema of qimera_core.results, one seed) whose top1 is the paper's number.
 
-    Covers the cells we would run ourselves (Qimera, GDFQ, Extracted Init + Freeze), not the
-    baselines (ZeroQ, ZAQ, DSG) that the table code takes from the paper anyway.
+    Covers the cells we would run ourselves (Qimera, GDFQ, Extracted Init + Freeze, ZeroQ,
+    DSG), not the baselines (ZAQ) that the table code takes from the paper anyway.
     """
     df = paper_tables()
     # Table 7 = the main table's columns plus its own "Extracted Init + Freeze" column.
     blocks = [paper_block("main"), paper_block(table)] if table == "table7" \
         else [paper_block(table)]
-    rows = df[df["table"].isin(blocks) & df["method"].isin(["Qimera", "GDFQ"])]
+    rows = df[df["table"].isin(blocks) & df["method"].isin(["Qimera", "GDFQ", *RUN_BASELINES])]
     out = []
     known = {m for (_, m, _) in _preset_for()}
     skipped = sorted(set(rows["model"]) - known)

@@ -195,6 +195,19 @@ def _paper_cells(spec: TableSpec, settings: list) -> list[dict]:
     return out
 
 
+def _quote_unrun(spec: TableSpec, cells: pd.DataFrame) -> pd.DataFrame:
+    """A baseline column of ours (spec.quote_unrun) with no run in a setting shows the paper's
+    number there, marked quoted; it competes in bold as the paper's baselines do."""
+    for i, c in cells.iterrows():
+        if c["method_label"] not in spec.quote_unrun or c["n"] > 0:
+            continue
+        found = _paper_value(spec, (c["dataset"], c["model"], c["bits"]), c["method_label"])
+        if found:
+            cells.loc[i, ["kind", "mean", "status", "reason"]] = [
+                "paper", found[0], "quoted", "not run here; the paper's number is quoted"]
+    return cells
+
+
 def _teacher_cells(trials: pd.DataFrame, settings: list) -> list[dict]:
     """FP32 column: the teacher's own accuracy, as the trials measured it."""
     out = []
@@ -218,11 +231,14 @@ def methods(spec: TableSpec, source: Results | pd.DataFrame, *, metric: str = "t
     ours = list(spec.methods) + sorted(set(trials["method_label"]) - set(spec.methods))
     grid_ = pd.DataFrame([dict(**setting_columns(s), method_label=m, column=m)
                           for s in settings for m in ours])
-    mine = aggregate(trials, grid_, ["setting", "method_label"], metric, n)
+    mine = _quote_unrun(spec, aggregate(trials, grid_, ["setting", "method_label"], metric, n))
     parts = [pd.DataFrame(_teacher_cells(trials, settings)) if spec.teacher_column
              else pd.DataFrame(), pd.DataFrame(_paper_cells(spec, settings)), mine]
     cells = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    order = {c: i for i, c in enumerate(["FP32", *spec.quoted, *ours])}
+    # the paper's order: FP32, the baselines (ours that may be quoted, then quoted only), ours
+    first = [m for m in ours if m in spec.quote_unrun]
+    order = {c: i for i, c in enumerate(["FP32", *first, *spec.quoted,
+                                         *(m for m in ours if m not in first)])}
     cells["_rank"] = [(setting_sort_key(d, m, b), order[c]) for d, m, b, c in
                       zip(cells["dataset"], cells["model"], cells["bits"], cells["column"],
                           strict=True)]

@@ -436,9 +436,9 @@ def bn_layers(teacher: str) -> int:
     weights): DSG's batch size. A teacher without BN cannot run DSG or ZeroQ."""
     import torch  # late: keeps `import qimera_core.config` free of torch
 
-    from qimera_core import models
+    from qimera_core import teachers
     with torch.device("meta"):
-        model = models.create(teacher)
+        model = teachers.create(teacher)
     n = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     if n == 0:
         raise ValueError(f"teacher {teacher!r} has no BatchNorm2d layer: ZeroQ and DSG match "

@@ -29,16 +29,16 @@ from qimera_core.builders import build_networks, resolve_device
 from qimera_core.config import TrainConfig
 from qimera_core.losses import kd_loss
 from qimera_core.report import Reporter, log_reporter
-from qimera_core.synth import Synthesizer, check_memory
-from qimera_core.train import (
+from qimera_core.runstate import (
     Progress,
-    _check_saved,
-    _evaluated,
-    _pack_metrics,
-    _set_lr,
-    _usable_cpus,
+    check_saved,
+    is_evaluated,
     lr_factor,
+    pack_metrics,
+    set_lr,
+    usable_cpus,
 )
+from qimera_core.synth import Synthesizer, check_memory
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ def run_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_
     cfg, n = cfgs[0], len(cfgs)
     ckpt_dir = Path(out_dir) / "checkpoint"
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.num_threads or _usable_cpus())
+    torch.set_num_threads(cfg.num_threads or usable_cpus())
     prepare.ensure_ready(cfg)
     shape = models.spec(cfg.teacher).input_shape
     teacher, student = build_networks(cfg, device)
     check_memory(cfgs, teacher, shape, device)        # before any synthesis
     saved = checkpoint.load(resume_from) if resume_from is not None else None
-    progs = _check_saved(saved, cfgs) if saved else [Progress() for _ in cfgs]
+    progs = check_saved(saved, cfgs) if saved else [Progress() for _ in cfgs]
     stacked = n > 1
     s = pack.Stack([student] * n) if stacked else pack.One(student)
     opt = _sgd(cfg, s)
@@ -90,7 +90,8 @@ def run_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_
         try:
             for k in range(done, cfg.synth_batches):
                 batch, last = synth.batch(k)                      # (N, B, C, H, W)
-                images = batch[:, None] if images is None else torch.cat([images, batch[:, None]], 1)
+                images = batch[:, None] if images is None else \
+                    torch.cat([images, batch[:, None]], 1)
                 losses.append(last)
                 for p in progs:                 # a pack's time is each member's, as in training
                     p.wall_time_s += time.perf_counter() - t0
@@ -103,7 +104,7 @@ def run_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_
         _calibrate(s, images)
         _record(progs, 0, _evaluate(s, n, evalset, device), losses, math.nan, 0.0, t0, cfg)
         save("tune", 0)
-        report(_pack_metrics(progs, 0), checkpoint_dir=ckpt_dir)
+        report(pack_metrics(progs, 0), checkpoint_dir=ckpt_dir)
         start = 0
     else:
         quant.set_calibration(s.template, False)
@@ -111,7 +112,7 @@ def run_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_
     teacher_logits = _teacher_logits(teacher, images, cfg)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        _set_lr(opt, cfg.lr_student * lr_factor(cfg, epoch))
+        set_lr(opt, cfg.lr_student * lr_factor(cfg, epoch))
         total = torch.zeros(n, device=device)
         for i in range(cfg.steps_per_epoch):
             k = i % images.shape[1]
@@ -123,10 +124,10 @@ def run_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_
             opt.step()
             total += loss.detach()
         step_s = (time.perf_counter() - t0) / cfg.steps_per_epoch
-        accs = _evaluate(s, n, evalset, device) if _evaluated(cfg, epoch) else None
+        accs = _evaluate(s, n, evalset, device) if is_evaluated(cfg, epoch) else None
         _record(progs, epoch + 1, accs, losses, total / cfg.steps_per_epoch, step_s, t0, cfg)
         save("tune", epoch + 1)
-        report(_pack_metrics(progs, epoch + 1), checkpoint_dir=ckpt_dir)
+        report(pack_metrics(progs, epoch + 1), checkpoint_dir=ckpt_dir)
     return [{**(p.history[-1] if p.history else {}), "status": "diverged" if p.diverged else "ok"}
             for p in progs]
 

@@ -6,7 +6,8 @@ For batch element b and BN layer l (the statistics of the BN's input, i.e. the c
 feeds it, per sample and channel over the spatial positions):
 
     mu_bl = mean,  sigma_bl = sqrt(unbiased var + 1e-6),  targets mu_l, sqrt(running var + 1e-6)
-    t_bl  = || max(|mu_bl - mu_l| - delta_l, 0) ||^2 + || max(|sigma_bl - sigma_l| - gamma_l, 0) ||^2
+    t_bl  = || max(|mu_bl - mu_l| - delta_l, 0) ||^2
+          + || max(|sigma_bl - sigma_l| - gamma_l, 0) ||^2
     loss  = (1/B) sum_b ( sum_l w_bl t_bl + input_b )
 
 with the norms summed over channels and input_b the same two terms of the image itself against
@@ -32,7 +33,8 @@ from torch import Tensor, nn
 from qimera_core.config import TrainConfig
 
 STD_EPS = 1e-6             # ZeroQ: sqrt(var + 1e-6), for both the samples and the targets
-UNIFORM_DIVISOR = 5418.75  # ZeroQ's code: (randint(0, 255) - 127.5) / 5418.75 (the variance of U(-128, 127))
+# ZeroQ's code: (randint(0, 255) - 127.5) / 5418.75, the variance (not the std) of U(-128, 127)
+UNIFORM_DIVISOR = 5418.75
 MIN_LR = 1e-4              # ZeroQ's ReduceLROnPlateau(factor 0.1, min_lr 1e-4)
 SLACK_SEED = 20_21         # the Gaussian images of DSG's slacks: one fixed stream for every seed
 
@@ -90,11 +92,11 @@ def layer_terms(stats: Sequence[tuple[Tensor, Tensor]], mean: Sequence[Tensor],
     """t_bl for every sample and BN layer, (B, L): the squared gaps summed over channels, less
     the slacks delta_l (means) and gamma_l (stds) where given."""
     out = []
-    for l, ((mu, sd), m, s) in enumerate(zip(stats, mean, std, strict=True)):
+    for li, ((mu, sd), m, s) in enumerate(zip(stats, mean, std, strict=True)):
         gm, gs = (mu - m.to(mu.device)).abs(), (sd - s.to(sd.device)).abs()
         if delta is not None:
-            gm = (gm - delta[l]).clamp_min(0)
-            gs = (gs - gamma[l]).clamp_min(0)
+            gm = (gm - delta[li]).clamp_min(0)
+            gs = (gs - gamma[li]).clamp_min(0)
         out.append(gm.square().sum(1) + gs.square().sum(1))
     return torch.stack(out, 1)
 
@@ -139,9 +141,9 @@ def dsg_slacks(bn: PerSampleBNStats, shape: Sequence[int], samples: int, eps: fl
     for start in range(0, samples, batch):
         x = torch.randn(min(batch, samples - start), *shape, generator=g).to(device)
         _, stats = bn(x)
-        for l, ((mu, sd), m, s) in enumerate(zip(stats, bn.mean, bn.std, strict=True)):
-            gaps_m[l].append((mu - m.to(device)).abs().flatten().cpu())
-            gaps_s[l].append((sd - s.to(device)).abs().flatten().cpu())
+        for li, ((mu, sd), m, s) in enumerate(zip(stats, bn.mean, bn.std, strict=True)):
+            gaps_m[li].append((mu - m.to(device)).abs().flatten().cpu())
+            gaps_s[li].append((sd - s.to(device)).abs().flatten().cpu())
 
     def pct(parts: list[Tensor]) -> Tensor:
         return torch.quantile(torch.cat(parts).double(), eps).float()

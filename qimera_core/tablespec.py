@@ -110,6 +110,9 @@ class TableSpec:
     paper_methods: Mapping[str, tuple[str, Mapping[str, Any]]] = field(default_factory=dict)
     methods: Sequence[str] = ()         # methods layout: our columns, in order
     quoted: Sequence[str] = ()          # methods layout: baselines whose number is the paper's
+    # methods layout: columns of ours that show the paper's number, marked "(quoted)", in a
+    # setting where they have not been run (the baselines we can run but may not have)
+    quote_unrun: Sequence[str] = ()
     teacher_column: bool = True         # methods layout: the FP32 teacher's column
     improvement_over: str = ""          # methods layout: a column of ours minus this baseline
     figure: str = ""                    # analysis.plots' figure for it ("" = none)

@@ -10,64 +10,34 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from qimera_core import checkpoint, cli, data, pack, prepare
+from qimera_core import checkpoint, cli, data, pack, prepare, ptq
 from qimera_core.builders import resolve_device
-from qimera_core.config import PTQ_METHODS, RUN_ONLY_FIELDS, TrainConfig
+from qimera_core.config import PTQ_METHODS, TrainConfig
 from qimera_core.report import Reporter, log_reporter
+from qimera_core.runstate import (
+    Progress,
+    check_saved,
+    is_evaluated,
+    lr_factor,  # noqa: F401  (part of this module's interface: tests, benchmarks)
+    pack_metrics,
+    set_lr,
+    usable_cpus,
+)
 from qimera_core.step import Trial
 
 log = logging.getLogger(__name__)
 _CHECK_EVERY = 10      # steps between finiteness checks of the losses (each check syncs a GPU)
 _G_LOSSES = ("loss_g", "loss_g_ce", "loss_bns")
 _LOSSES = (*_G_LOSSES, "loss_s", "loss_kd", "loss_s_ce")
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                      # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """Multi-step schedule: gamma^(number of milestones <= epoch) (method doc §5.2)."""
-    return cfg.lr_gamma ** sum(epoch >= m for m in cfg.lr_milestones)
-
-
-@dataclass
-class Progress:
-    """Everything besides model/optimizer/RNG state that a resumed run must continue from."""
-
-    epoch: int = 0                        # epochs completed
-    teacher_top1: float = math.nan
-    start_top1: float = math.nan
-    best_top1: float = math.nan
-    best_epoch: int = 0
-    wall_time_s: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-    diverged: bool = False                # a loss became NaN/inf; history[-1] says when
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
-def _evaluated(cfg: TrainConfig, epoch: int) -> bool:
-    done = epoch + 1
-    return (done == cfg.warmup_epochs or done == cfg.epochs
-            or (epoch >= cfg.eval_start_epoch and done % cfg.eval_every == 0))
 
 
 def train(cfg: TrainConfig, out_dir: Path, report: Reporter = log_reporter,
@@ -99,14 +69,13 @@ def train_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = lo
     pack.check_packable(cfgs)
     cfg = cfgs[0]
     if cfg.method in PTQ_METHODS:                  # zeroq, dsg: no generator, no student loop
-        from qimera_core import ptq               # late: ptq builds on this module
         return ptq.run_pack(cfgs, out_dir, report=report, resume_from=resume_from)
     ckpt_dir = Path(out_dir) / "checkpoint"
     device = resolve_device(cfg.device)
-    torch.set_num_threads(cfg.num_threads or _usable_cpus())
+    torch.set_num_threads(cfg.num_threads or usable_cpus())
     prepare.ensure_ready(cfg)                       # fail before any expensive work
     saved = checkpoint.load(resume_from) if resume_from is not None else None
-    progs = _check_saved(saved, cfgs) if saved else [Progress() for _ in cfgs]
+    progs = check_saved(saved, cfgs) if saved else [Progress() for _ in cfgs]
     live = [i for i, p in enumerate(progs) if not p.diverged]
     trial = Trial([cfgs[i] for i in live], device,
                   stacked=saved["stacked"] if saved else None) if live else None
@@ -125,7 +94,7 @@ def train_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = lo
             break
         t0 = time.perf_counter()
         for opt, base in ((trial.opt_s, cfg.lr_student), (trial.opt_g, cfg.lr_generator)):
-            _set_lr(opt, base * lr_factor(cfg, epoch))
+            set_lr(opt, base * lr_factor(cfg, epoch))
         calibrate = epoch < cfg.act_range_epochs
         train_student = epoch >= cfg.warmup_epochs
         trial.set_calibration(calibrate)
@@ -157,25 +126,12 @@ def train_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = lo
             checkpoint.save(ckpt_dir, {"epoch": epoch + 1, **trial.state(),
                                        "configs": [c.to_dict() for c in cfgs],
                                        "progress": [dict(vars(p)) for p in progs]})
-        report(_pack_metrics(progs, epoch + 1),
+        report(pack_metrics(progs, epoch + 1),
                checkpoint_dir=ckpt_dir if checkpoint.exists(ckpt_dir) else None)
     if trial is not None:
         trial.teacher_bn.close()
     return [{**(p.history[-1] if p.history else {}), "status": "diverged" if p.diverged else "ok"}
             for p in progs]
-
-
-def _check_saved(saved: Mapping[str, Any], cfgs: Sequence[TrainConfig]) -> list[Progress]:
-    """The members' progress from a checkpoint, after checking it was written by `cfgs`."""
-    run_only = {k: getattr(cfgs[0], k) for k in RUN_ONLY_FIELDS}
-    was = [TrainConfig.from_dict({**d, **run_only}) for d in saved["configs"]]
-    if was != list(cfgs):
-        diff = [{k: (v, getattr(now, k)) for k, v in old.to_dict().items() if v != getattr(now, k)}
-                for old, now in zip(was, cfgs, strict=False)]
-        raise ValueError(f"checkpoint was written by different configs (saved, now): {diff}, "
-                         f"{len(was)} saved vs {len(cfgs)} now; resume with the same settings "
-                         "or start a new out_dir")
-    return [Progress(**p) for p in saved["progress"]]
 
 
 def _finish_epoch(trial: Trial, progs: list[Progress], epoch: int, sums: dict[str, Tensor],
@@ -186,7 +142,7 @@ def _finish_epoch(trial: Trial, progs: list[Progress], epoch: int, sums: dict[st
     if trial.device.type == "cuda":
         torch.cuda.synchronize(trial.device)
     train_s = time.perf_counter() - t0
-    evaluated = _evaluated(cfg, epoch)
+    evaluated = is_evaluated(cfg, epoch)
     accs = trial.evaluate(evalset) if evaluated else [None] * len(progs)
     eval_s = time.perf_counter() - t0 - train_s
     means = {k: (v / steps).tolist() for k, v in sums.items()}
@@ -218,16 +174,6 @@ def _diverge(prog: Progress, epoch: int, losses: dict[str, float], train_s: floa
                          "diverged": 1})
     log.error("epoch %d: a loss became NaN/inf (%s); this run stops, its last good checkpoint "
               "stays in %s", epoch + 1, _fmt(losses), ckpt_dir)
-
-
-def _pack_metrics(progs: Sequence[Progress], epoch: int) -> dict[str, Any]:
-    """The pack's report: a summary over the members evaluated this epoch, and each member."""
-    members = [dict(p.history[-1]) if p.history else {} for p in progs]
-    top1 = [m["top1"] for m in members
-            if m.get("epoch") == epoch and not m.get("diverged") and not math.isnan(m["top1"])]
-    return {"epoch": epoch, "top1": sum(top1) / len(top1) if top1 else math.nan,
-            "top1_min": min(top1, default=math.nan), "top1_max": max(top1, default=math.nan),
-            "live": sum(not p.diverged for p in progs), "members": members}
 
 
 def _fmt(d: Mapping[str, float]) -> str:

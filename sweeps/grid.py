@@ -12,7 +12,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qimera_core.config import FIELD_NAMES, FIELDS, PRESETS, RUN_ONLY_FIELDS, TrainConfig
+from qimera_core.config import (
+    FIELD_NAMES,
+    FIELDS,
+    GENERATOR_FIELDS,
+    PRESETS,
+    PTQ_FIELDS,
+    PTQ_METHODS,
+    RUN_ONLY_FIELDS,
+    TrainConfig,
+    build,
+)
 from qimera_core.tablespec import Block  # noqa: F401 (sweeps.grid.Block, as before)
 
 log = logging.getLogger(__name__)
@@ -23,7 +33,7 @@ OFFLINE_PRESET = "digits-offline"
 # replaces the rest (teacher, data, bits, schedule) with the offline SMOKE_PRESET.
 METHOD_FIELDS = frozenset({
     "method", "mix_prob", "mix_classes", "mix_mode", "dm_layers", "dm_width", "dm_activation",
-    "noise_sigma", "emb_init", "freeze_embeddings", "latent_input", "cbn_mix",
+    "noise_sigma", "emb_init", "freeze_embeddings", "latent_input", "cbn_mix", *PTQ_FIELDS,
 })
 # Fields holding local paths: made absolute before launch, since trials run in another cwd.
 _PATH_FIELDS = ("cache_dir", "teacher_weights")
@@ -111,6 +121,9 @@ def smoke(block: Block, preset: str = SMOKE_PRESET) -> Block:
     teacher, data, bits and schedule come from `preset` (others back to defaults)."""
     keep = METHOD_FIELDS | set(block.grid) | set(RUN_ONLY_FIELDS)
     base = block.base_dict()
+    if base.get("method") in PTQ_METHODS:     # the preset's PTQ form: its batch, no generator
+        kept = {k: v for k, v in base.items() if k in keep and k not in GENERATOR_FIELDS}
+        return dataclasses.replace(block, base=build(preset, **kept).to_dict())
     setting = {k: f.default for k, f in FIELDS.items() if k not in keep}
     setting.update({k: v for k, v in PRESETS[preset].items() if k not in keep})
     return dataclasses.replace(block, base={**base, **setting})

@@ -74,6 +74,7 @@ def other_rows() -> list[dict]:
               row("table6", C10, 90.0, seed=s, method="gdfq", noise_sigma=1.0),
               row("table6", C10, 92.0, seed=s)]
         r += [row("main", C10, 90.0, seed=s, method="gdfq"), row("main", C10, 92.0, seed=s),
+              row("main", C10, (80.0, 82.0)[s], seed=s, method="zeroq"),
               row("main", "cifar10-resnet20-5w5a", 10.0, seed=s, method="gdfq",
                   status="diverged")]
         r += [row("table7", C100, 64.0, seed=s, freeze_embeddings=True),
@@ -127,7 +128,7 @@ def test_load_dedupes_labels_and_finds_running(res):
     assert len(k2) == 1 and k2["top1"].iloc[0] == 60.0 and k2["attempts"].iloc[0] == 3
     first = tr.iloc[0]
     assert (first["dataset"], first["model"], first["bits"]) == ("CIFAR-100", "ResNet-20", "4w4a")
-    assert set(tr["method_label"]) == {"Qimera", "GDFQ", "Extracted Init + Freeze"}
+    assert set(tr["method_label"]) == {"Qimera", "GDFQ", "Extracted Init + Freeze", "ZeroQ"}
     assert len(res.curves) == 9  # 3 trials x 3 epochs, the repeated epoch deduped
     assert list(res.running["trial_id"]) == ["t-running"]
 
@@ -211,16 +212,20 @@ def test_table6_cells(res):
 def test_main_table_cells_with_paper_baselines(res):
     t = tables.build("main", res)
     r4, r5 = ("CIFAR-10", "ResNet-20", "4w4a"), ("CIFAR-10", "ResNet-20", "5w5a")
-    assert list(t.frame.columns) == ["FP32", "ZeroQ", "ZAQ", "GDFQ", "Qimera"]
+    assert list(t.frame.columns) == ["FP32", "ZeroQ", "DSG", "ZAQ", "GDFQ", "Qimera"]
     assert cell(t, r4, "FP32") == ("70.00", False)
+    # ZeroQ run here, beside its paper number; DSG has neither a run nor a paper number
+    assert cell(t, r4, "ZeroQ") == ("81.00 ± 1.41", False)
+    assert cell(t, r4, "DSG") == ("-", False)
     assert cell(t, r4, "ZAQ") == ("92.13 (paper)", True)  # the paper's ZAQ beats our 92.00
     assert cell(t, r4, "Qimera") == ("92.00 ± 0.00", False)
     assert cell(t, r4, "GDFQ") == ("90.00 ± 0.00", False)
     assert cell(t, r5, "GDFQ") == ("-", False)
     assert cell(t, r5, "ZAQ") == ("93.36 (paper)", True)
+    assert cell(t, r5, "ZeroQ")[0].endswith("(quoted)")    # not run at 5w5a: the paper's
     notes = "\n".join(t.notes)
     assert "CIFAR-10 ResNet-20 5w5a, GDFQ: diverged (seeds 0, 1)" in notes
-    assert "CIFAR-10 ResNet-20 5w5a: Qimera not run" in notes
+    assert "CIFAR-10 ResNet-20 5w5a: DSG, Qimera not run" in notes
     assert "Paper rows not run here: CIFAR-100 ResNet-20 4w4a; CIFAR-100 ResNet-20 5w5a; " \
         "ImageNet ResNet-18 4w4a" in notes
 
@@ -228,16 +233,17 @@ def test_main_table_cells_with_paper_baselines(res):
 def test_table7_and_table10_cells(res):
     t7 = tables.build("table7", res)
     r = ("CIFAR-100", "ResNet-20", "4w4a")
-    assert list(t7.frame.columns) == ["FP32", "ZeroQ", "ZAQ", "GDFQ", "Qimera",
+    assert list(t7.frame.columns) == ["FP32", "ZeroQ", "DSG", "ZAQ", "GDFQ", "Qimera",
                                       "Extracted Init + Freeze"]
+    assert cell(t7, r, "ZeroQ") == ("47.45 (quoted)", False)
     assert cell(t7, r, "Extracted Init + Freeze") == ("64.00 ± 0.00", False)
     assert cell(t7, r, "Qimera") == ("65.50 ± 0.71", True)
     assert cell(t7, r, "GDFQ") == ("-", False)
     t10 = tables.build("table10", res)
     r = ("ImageNet", "ResNet-18", "4w4a")
-    assert list(t10.frame.columns) == ["DSG", "Qimera", "Improvement"]
+    assert list(t10.frame.columns) == ["DSG", "ZeroQ", "Qimera", "Improvement"]
     assert [cell(t10, r, c)[0] for c in t10.frame.columns] == \
-        ["34.53 (paper)", "61.00 ± 1.41", "+26.47"]
+        ["34.53 (quoted)", "-", "61.00 ± 1.41", "+26.47"]
     assert cell(t10, r, "Qimera")[1]
 
 
@@ -470,7 +476,9 @@ def test_curves_filed_under_two_tables_serve_both(tmp_path):
 @pytest.mark.parametrize("name", ["main", "table6", "table7", "table10"])
 def test_paper_numbers_come_back_unchanged_in_every_table(name):
     t = tables.TABLE_FUNCTIONS[name](paper.paper_trials(name))
-    ours = t.cells[t.cells["kind"] == "ours"]
+    cols = t.cells[t.cells["kind"] == "ours"]
+    ours = cols[cols["status"] != "not run"]          # a column of ours the paper has no number for
+    assert cols.loc[cols["status"] == "not run", "paper"].isna().all()
     assert (ours["status"] == "ok").all() and ours["paper"].notna().all()
     assert (ours["mean"] - ours["paper"]).abs().max() < 1e-9
     assert t.top.sum().sum() == t.frame.shape[0]  # one best cell per row (no ties in the paper)
@@ -485,7 +493,7 @@ def test_table10_shows_dsg_and_the_papers_qimera_beside_ours_for_every_row():
                 ("ImageNet", "SqueezeNext", "6w6a"): ("60.50", "65.97"),
                 ("ImageNet", "ShuffleNet", "6w6a"): ("44.88", "56.16")}
     for r, (dsg, qimera) in expected.items():
-        assert cell(t, r, "DSG")[0] == f"{dsg} (paper)"
+        assert cell(t, r, "DSG")[0] == f"{dsg} (quoted)"      # not run: the paper's, quoted
         assert f"paper {qimera}" in cell(t, r, "Qimera")[0]
 
 

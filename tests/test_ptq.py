@@ -51,13 +51,13 @@ def hand_loss(net, x, delta=None, gamma=None, weights=None):
     for i in range(b):
         mu, sd = _stats(xs)
         term = (mu[i] ** 2).sum() + ((sd[i] - 1.0) ** 2).sum()           # the input term
-        for l, (out, bn) in enumerate(((c1, net[1]), (c2, net[4]))):
+        for li, (out, bn) in enumerate(((c1, net[1]), (c2, net[4]))):
             mu, sd = _stats(out.double().numpy())
             gm = np.abs(mu[i] - bn.running_mean.double().numpy())
             gs = np.abs(sd[i] - np.sqrt(bn.running_var.double().numpy() + 1e-6))
             if delta is not None:
-                gm, gs = np.maximum(gm - delta[l], 0), np.maximum(gs - gamma[l], 0)
-            w = 1.0 if weights is None else weights[i][l]
+                gm, gs = np.maximum(gm - delta[li], 0), np.maximum(gs - gamma[li], 0)
+            w = 1.0 if weights is None else weights[i][li]
             term += w * ((gm ** 2).sum() + (gs ** 2).sum())
         total += term
     return total / b
@@ -89,12 +89,12 @@ def test_dsg_slacks_enhancement_and_loss_match_hand_computations():
     with torch.no_grad():
         c1 = net[0](xs)
         c2 = net[3](net[2](net[1](c1)))
-    for l, (out, b) in enumerate(((c1, net[1]), (c2, net[4]))):
+    for li, (out, b) in enumerate(((c1, net[1]), (c2, net[4]))):
         mu, sd = _stats(out.double().numpy())
         gm = np.abs(mu - b.running_mean.double().numpy()).ravel()
         gs = np.abs(sd - np.sqrt(b.running_var.double().numpy() + 1e-6)).ravel()
-        assert sl.delta[l].item() == pytest.approx(np.quantile(gm, 0.9), rel=1e-5)
-        assert sl.gamma[l].item() == pytest.approx(np.quantile(gs, 0.9), rel=1e-5)
+        assert sl.delta[li].item() == pytest.approx(np.quantile(gm, 0.9), rel=1e-5)
+        assert sl.gamma[li].item() == pytest.approx(np.quantile(gs, 0.9), rel=1e-5)
     w = synth.enhancement_weights(2, 2)
     assert torch.equal(w, torch.eye(2) + torch.ones(2, 2))               # I + 11^T at B = L
     assert synth.enhancement_weights(5, 2)[:, 0].tolist() == [2, 1, 2, 1, 2]
@@ -260,8 +260,8 @@ def test_the_synthesis_memory_estimate_refuses_before_any_work():
 def test_dsg_and_zeroq_refuse_a_teacher_without_bn(monkeypatch):
     with pytest.raises(ValueError, match="no BatchNorm2d"):
         synth.PerSampleBNStats(nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()))
-    from qimera_core import models
-    monkeypatch.setattr(models, "create", lambda name: nn.Sequential(nn.Conv2d(3, 3, 1)))
+    from qimera_core import teachers
+    monkeypatch.setattr(teachers, "create", lambda name: nn.Sequential(nn.Conv2d(3, 3, 1)))
     with pytest.raises(ValueError, match="no BatchNorm2d layer: ZeroQ and DSG"):
         build("digits-2w2a", method="dsg")
 
