@@ -87,6 +87,7 @@ def model_label(teacher: str) -> str:
 
 
 PTQ_LABELS = {"zeroq": "ZeroQ", "dsg": "DSG"}
+GENERATOR_LABELS = {"gdfq": "GDFQ", "adadfq": "AdaDFQ", "zaq": "ZAQ"}
 
 
 def method_label(method: str, freeze_embeddings: bool, epochs: int = 0) -> str:
@@ -94,8 +95,8 @@ def method_label(method: str, freeze_embeddings: bool, epochs: int = 0) -> str:
     (epochs > 0) is its own column, "ZeroQ + KD": better data and more training stay apart."""
     if method in PTQ_LABELS:
         return PTQ_LABELS[method] + (" + KD" if epochs else "")
-    if method == "gdfq":
-        return "GDFQ"
+    if method in GENERATOR_LABELS:
+        return GENERATOR_LABELS[method]
     return "Extracted Init + Freeze" if freeze_embeddings else "Qimera"
 
 

@@ -25,6 +25,9 @@ def load(ckpt_dir: Path, device: str = "cpu") -> checkpoint.Trained:
         trained = checkpoint.load_trained(Path(ckpt_dir), device=device)
     except FileNotFoundError as e:
         raise AnalysisError(str(e)) from e
+    if trained.generator is None:
+        raise AnalysisError(f"{ckpt_dir} is a {trained.cfg.method} run: it has no generator "
+                            "to draw samples from (figures 5 and 6 need a Qimera or GDFQ run)")
     for m in (trained.teacher, trained.student, trained.generator):
         m.eval()
     return trained

@@ -14,6 +14,8 @@ from qimera_core import models, quant
 from qimera_core.config import TrainConfig
 from qimera_core.generator import Generator
 
+ZAQ_LATENT = 256
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -69,15 +71,17 @@ def build_generator(cfg: TrainConfig, spec: models.TeacherSpec, teacher: nn.Modu
     `freeze_embeddings=False` overrides the config (a pack freezes by masking gradients)."""
     torch.manual_seed(cfg.seed)
     weight = models.classifier_weight(teacher)                  # (C, D)
-    multiplicative = cfg.latent_input == "multiplicative"
+    # the latent width: the classifier's (Qimera's embeddings), 100 (GDFQ's original), 256 (ZAQ)
+    width = {"multiplicative": 100, "unconditional": ZAQ_LATENT}
     channels, height, _ = spec.input_shape
     freeze = cfg.freeze_embeddings if freeze_embeddings is None else freeze_embeddings
     g = Generator(
-        num_classes=spec.num_classes, latent_dim=100 if multiplicative else weight.shape[1],
+        num_classes=spec.num_classes, latent_dim=width.get(cfg.latent_input, weight.shape[1]),
         img_size=height, channels=channels,
         dm_layers=cfg.dm_layers, dm_width=cfg.dm_width, dm_activation=cfg.dm_activation,
         embeddings=weight if cfg.emb_init == "extracted" else None,
-        freeze_embeddings=freeze, conditional_bn=height >= 64,
+        freeze_embeddings=freeze,
+        conditional_bn=height >= 64 and cfg.latent_input != "unconditional",
         latent_input=cfg.latent_input, cbn_mix=cfg.cbn_mix).to(device or weight.device).train()
     if cfg.channels_last:
         g.to(memory_format=torch.channels_last)

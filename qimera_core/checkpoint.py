@@ -16,6 +16,7 @@ from torch import nn
 
 from qimera_core.builders import build_models, build_networks
 from qimera_core.config import TrainConfig
+from qimera_core.taps import Tapped, stage_names
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,9 @@ def load_trained(ckpt_dir: Path, device: str | torch.device = "cpu", member: int
         student.load_state_dict({k: v[row] for k, v in sd.items()} if state["stacked"] else sd)
         return Trained(cfg, teacher, student, None, int(state["epoch"]))
     teacher, student, generator = build_models(cfg, torch.device(device))
-    for module, key in ((student, "student"), (generator, "generator")):
+    # a ZAQ trial trains its student wrapped with stage taps (its keys start with "model.")
+    holder = Tapped(student, stage_names(teacher)) if cfg.method == "zaq" else student
+    for module, key in ((holder, "student"), (generator, "generator")):
         sd = state[key]
         module.load_state_dict({k: v[row] for k, v in sd.items()} if state["stacked"] else sd)
     return Trained(cfg, teacher, student, generator, int(state["epoch"]))

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 # Generator methods train a generator and the student together (qimera_core.train); the
 # post-training (PTQ) methods optimise a fixed set of images, calibrate and evaluate, with an
 # optional fine-tuning of the student on that set (qimera_core.ptq; docs/baselines.md).
-GENERATOR_METHODS = ("qimera", "gdfq")
+GENERATOR_METHODS = ("qimera", "gdfq", "adadfq", "zaq")
 PTQ_METHODS = ("zeroq", "dsg")
 METHODS = (*GENERATOR_METHODS, *PTQ_METHODS)
 # The switches that turn Qimera into the GDFQ baseline (method doc §9.2).
@@ -36,6 +36,33 @@ GENERATOR_FIELDS = ("mix_prob", "mix_classes", "mix_mode", "dm_layers", "dm_widt
 # Fields only the PTQ methods use; a generator method keeps them at their defaults.
 PTQ_FIELDS = ("synth_iters", "synth_lr", "synth_patience", "synth_batches", "synth_init",
               "dsg_slack", "dsg_enhance", "dsg_eps", "dsg_slack_samples")
+# Fields of one generator method each (baselines doc §3-4); every other method keeps them at
+# their defaults.
+ADADFQ_FIELDS = ("adadfq_alpha_ds", "adadfq_alpha_as", "adadfq_lambda_l", "adadfq_lambda_u",
+                 "adadfq_beta")
+ZAQ_FIELDS = ("zaq_alpha", "zaq_beta", "zaq_student_steps", "student_train_mode",
+              "zaq_official_normalize")
+METHOD_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
+    "zeroq": PTQ_FIELDS, "dsg": PTQ_FIELDS, "adadfq": ADADFQ_FIELDS, "zaq": ZAQ_FIELDS}
+# What build(method="zaq") sets: an unconditional generator (no class input, so none of the
+# class-conditional options, no BN statistics) with ZAQ's generator optimiser (Adam lr 1e-3,
+# default betas). ZAQ_SCHEDULE (both lrs x0.1 at epochs 100 and 200, 300 epochs
+# of 60 generator steps, batch 256) is set too, except on the short offline (digits) presets.
+# The student keeps the harness's eval-mode BN, its optimiser and its warm-up (the ranges
+# calibrate on a student that does not move yet): ZAQ's own student optimiser (SGD lr 0.1)
+# diverges on an eval-mode student within steps (docs/baselines.md), so it goes with ZAQ's
+# train-mode student, and its code has no warm-up: ZAQ_OFFICIAL_STUDENT (docs/baselines.md).
+ZAQ_SWITCHES: dict[str, Any] = dict(
+    GDFQ_SWITCHES, latent_input="unconditional", bns_weight=0.0, lr_generator=1e-3,
+    adam_beta1=0.9)
+ZAQ_OFFICIAL_STUDENT: dict[str, Any] = dict(student_train_mode=True, lr_student=0.1,
+                                            weight_decay=5e-4, student_nesterov=False,
+                                            warmup_epochs=0)
+ZAQ_SCHEDULE: dict[str, Any] = dict(lr_milestones=(100, 200), epochs=300, steps_per_epoch=60,
+                                    batch_size=256)
+# Class-conditional options ZAQ's unconditional generator has no use for.
+ZAQ_FIXED = ("mix_prob", "mix_classes", "dm_layers", "emb_init", "freeze_embeddings",
+             "noise_sigma", "cbn_mix", "mix_mode")
 # What build(method=<PTQ>) sets: no fine-tuning (epochs = 0) and ZeroQ's range rule, running
 # min/max from 0 (baselines doc §1). ZeroQ's batch is 64 (its run.sh); DSG's is the number of
 # BN layers of the teacher (build() counts them).
@@ -52,6 +79,11 @@ RUN_ONLY_FIELDS = ("device", "num_threads", "cache_dir")
 # out of the config hash at that value, so finished trials keep their hash. (act_quant_sites:
 # every teacher that ran before quantizes identically in "call_site" mode, see quant.quantize.)
 HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site", "tf32": "conv",
+                                 "student_nesterov": True, "adadfq_alpha_ds": 0.2,
+                                 "adadfq_alpha_as": 0.1, "adadfq_lambda_l": 0.1,
+                                 "adadfq_lambda_u": 0.8, "adadfq_beta": 1.0, "zaq_alpha": 1.0,
+                                 "zaq_beta": 0.1, "zaq_student_steps": 5,
+                                 "student_train_mode": False, "zaq_official_normalize": False,
                                  "synth_iters": 500, "synth_lr": 0.5, "synth_patience": 100,
                                  "synth_batches": 1, "synth_init": "normal", "dsg_slack": True,
                                  "dsg_enhance": True, "dsg_eps": 0.9, "dsg_slack_samples": 256}
@@ -93,9 +125,10 @@ class TrainConfig:
 
     # the method: Qimera knobs
     method: str = _f("qimera", "qimera | gdfq (gdfq applies GDFQ_SWITCHES: no superposition, "
-                               "no DM, random embeddings) | zeroq | dsg (post-training: "
-                               "synthesised images, calibration, evaluation; epochs > 0 adds "
-                               "KD fine-tuning on those images)")
+                               "no DM, random embeddings) | adadfq | zaq (generator baselines "
+                               "on the same loop) | zeroq | dsg (post-training: synthesised "
+                               "images, calibration, evaluation; epochs > 0 adds KD "
+                               "fine-tuning on those images)")
     mix_prob: float = _f(0.4, "(p) probability that a batch is superposed")
     mix_classes: int = _f(2, "(K) class embeddings superposed per sample")
     mix_mode: str = _f("batch", "batch (official: the whole batch with probability p) | "
@@ -109,7 +142,8 @@ class TrainConfig:
                                     "rows) | random N(0,1)")
     freeze_embeddings: bool = _f(False, "keep extracted embeddings fixed (supplement Table 7)")
     latent_input: str = _f("additive", "generator input: additive (Qimera) | multiplicative "
-                                       "(original GDFQ)")
+                                       "(original GDFQ) | unconditional (ZAQ: z in R^256, no "
+                                       "class)")
     cbn_mix: str = _f("mean", "ImageNet generator's conditional BN under superposition: "
                               "mean (official) | sum")
 
@@ -127,7 +161,8 @@ class TrainConfig:
     act_ema_beta: float = _f(0.9, "EMA decay of the activation ranges, in (0, 1)")
     act_quant_sites: str = _f("call_site", "activation quantizers: call_site (one per ReLU "
                                            "call) | module (official: one per ReLU module)")
-    lr_student: float = _f(1e-4, "student learning rate (Nesterov SGD)")
+    lr_student: float = _f(1e-4, "student learning rate (SGD)")
+    student_nesterov: bool = _f(True, "student SGD with Nesterov momentum (ZAQ: plain)")
     lr_generator: float = _f(1e-3, "generator learning rate (Adam)")
     lr_milestones: tuple[int, ...] = _f((100, 200, 300), "epochs at which both learning "
                                                          "rates are multiplied by lr_gamma")
@@ -145,6 +180,27 @@ class TrainConfig:
     eval_every: int = _f(1, "evaluate every N epochs from eval_start_epoch on (the end of the "
                             "warm-up and the last epoch always)")
     eval_start_epoch: int = _f(0, "first epoch evaluated (official ImageNet: 49)")
+
+    # AdaDFQ (baselines doc §4): its generator loss and student loss; the student's entropy
+    # loss uses kd_temperature as its T, the BNS weight is bns_weight (gamma)
+    adadfq_alpha_ds: float = _f(0.2, "adadfq: (alpha_ds) weight of CE(softmax(t - s), y)")
+    adadfq_alpha_as: float = _f(0.1, "adadfq: (alpha_as) weight of CE(softmax(t + s), y)")
+    adadfq_lambda_l: float = _f(0.1, "adadfq: (lambda_l) lower bound of the margin on the "
+                                     "normalised disagreement entropy")
+    adadfq_lambda_u: float = _f(0.8, "adadfq: (lambda_u) upper bound of that margin")
+    adadfq_beta: float = _f(1.0, "adadfq: (beta) weight of the two CE terms")
+
+    # ZAQ (baselines doc §3)
+    zaq_alpha: float = _f(1.0, "zaq: (alpha) weight of the stage-attention discrepancy (SCRM)")
+    zaq_beta: float = _f(0.1, "zaq: (beta) weight of the activation-magnitude term in the "
+                              "generator loss")
+    zaq_student_steps: int = _f(5, "zaq: student steps per generator step, each on fresh z")
+    student_train_mode: bool = _f(False, "zaq: the student's BN in train mode (batch "
+                                         "statistics, running statistics from synthetic "
+                                         "data; ZAQ's code) instead of eval mode")
+    zaq_official_normalize: bool = _f(False, "zaq: F.normalize as ZAQ's code (gradient 1e12 at "
+                                             "all-zero channel vectors) instead of a zero "
+                                             "gradient there")
 
     # post-training methods (zeroq, dsg): image synthesis; batch_size images per batch
     synth_iters: int = _f(500, "zeroq/dsg: Adam iterations per synthesised batch")
@@ -245,6 +301,26 @@ def _check_method_fields(c: TrainConfig) -> None:
         _check(not bad, f"method={c.method!r} trains a generator, but this config sets "
                         f"post-training options {bad}; drop them, or use method 'zeroq' or "
                         "'dsg'")
+    for method, names in (("adadfq", ADADFQ_FIELDS), ("zaq", ZAQ_FIELDS)):
+        if c.method != method:
+            bad = {k: getattr(c, k) for k in names if getattr(c, k) != FIELDS[k].default}
+            _check(not bad, f"{bad} are {method}'s options, but method={c.method!r}; drop "
+                            f"them, or use method={method!r}")
+    if c.method == "zaq":
+        want = {k: ZAQ_SWITCHES.get(k, FIELDS[k].default) for k in (*ZAQ_FIXED, "latent_input")}
+        bad = {k: getattr(c, k) for k in want if getattr(c, k) != want[k]}
+        _check(not bad, f"method='zaq' has an unconditional generator (no class input), but this "
+                        f"config sets class-conditional options {bad}; drop them (--method zaq "
+                        "and build(method='zaq') set them)")
+    elif c.latent_input == "unconditional":
+        _check(False, "latent_input='unconditional' is ZAQ's generator; use method='zaq'")
+    if c.method == "adadfq":
+        _check(c.batch_size >= 2, "method='adadfq' normalises its margin term's entropies over "
+                                  f"the batch (min to log C), which needs batch_size >= 2, got "
+                                  f"{c.batch_size}")
+        _check(0 <= c.adadfq_lambda_l <= c.adadfq_lambda_u <= 1,
+               "adadfq_lambda_l and adadfq_lambda_u bound a normalised entropy: they need "
+               f"0 <= lambda_l <= lambda_u <= 1, got {c.adadfq_lambda_l}, {c.adadfq_lambda_u}")
 
 
 def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks reads best
@@ -283,8 +359,11 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
     _check(not (c.freeze_embeddings and c.emb_init == "random"),
            "freeze_embeddings=True keeps the teacher's classifier rows fixed and needs "
            "emb_init='extracted'; set emb_init='extracted' or freeze_embeddings=False")
-    _check(c.latent_input in ("additive", "multiplicative"),
-           f"latent_input must be 'additive' or 'multiplicative', got {c.latent_input!r}")
+    _check(c.latent_input in ("additive", "multiplicative", "unconditional"),
+           "latent_input must be 'additive', 'multiplicative' or 'unconditional', "
+           f"got {c.latent_input!r}")
+    _check(c.zaq_student_steps >= 1,
+           f"zaq_student_steps must be >= 1, got {c.zaq_student_steps}")
     if c.latent_input == "multiplicative":
         _check(c.mix_prob == 0 and c.dm_layers == 0 and c.emb_init == "random",
                "latent_input='multiplicative' is the original GDFQ generator input: it needs "
@@ -297,8 +376,9 @@ def _validate(c: TrainConfig) -> None:  # noqa: C901 - a flat list of checks rea
                               f"must be >= 0, got {c.epochs}")
     else:
         _check(c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}")
-    _check(c.batch_size >= 2, "batch_size must be >= 2: the generator's BatchNorm needs "
-                              f"at least two samples, got {c.batch_size}")
+    if c.method in GENERATOR_METHODS:
+        _check(c.batch_size >= 2, "batch_size must be >= 2: the generator's BatchNorm needs "
+                                  f"at least two samples, got {c.batch_size}")
     _check(0 <= c.warmup_epochs <= c.epochs,
            f"warmup_epochs must be in 0..epochs ({c.epochs}), got {c.warmup_epochs}")
     _check(c.act_range_epochs >= 1, "act_range_epochs must be >= 1: activation ranges need "
@@ -418,8 +498,16 @@ def build(preset: str | None = None, **overrides: Any) -> TrainConfig:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     d: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
     method = overrides.get("method", d.get("method", "qimera"))
-    if method == "gdfq":
+    if method in ("gdfq", "adadfq"):
         d.update(GDFQ_SWITCHES)
+    if method == "adadfq":
+        d.update(adadfq_constants(d.get("teacher", FIELDS["teacher"].default),
+                                  int(overrides.get("w_bits", d.get("w_bits", 4)))))
+    if method == "zaq":
+        d.update({k: FIELDS[k].default for k in ZAQ_FIXED})
+        d.update(ZAQ_SWITCHES)
+        if not str(d.get("teacher", "")).startswith(("digits", "tiny")):
+            d.update(ZAQ_SCHEDULE)
     if method in PTQ_METHODS:
         d.update(PTQ_NEUTRAL)
         d.update(PTQ_SWITCHES)
@@ -429,6 +517,36 @@ def build(preset: str | None = None, **overrides: Any) -> TrainConfig:
                                                                         FIELDS["teacher"].default))))
     d.update(overrides)
     return TrainConfig.from_dict(d)
+
+
+def adadfq_constants(teacher: str, bits: int) -> dict[str, Any]:
+    """AdaDFQ's per-model constants (its hocons, baselines doc §4; the 4/5-bit values from their
+    comments): batch 16, student lr, lr steps, warm-up, alpha_ds/alpha_as, lambda_l/lambda_u,
+    the student loss's T (20 in the CIFAR trainer, 5 in the ImageNet one) and BNS weight 1.
+    Models without a hocon (digits, Table 10's) take the CIFAR or ResNet-18 row; a digits
+    preset keeps its own short schedule."""
+    base = dict(batch_size=16, bns_weight=1.0, adadfq_alpha_as=0.1, adadfq_lambda_u=0.8,
+                adadfq_beta=1.0)
+    if "cifar" in teacher or teacher.startswith("digits") or teacher.startswith("tiny"):
+        row = dict(lr_student=1e-4, lr_milestones=(100, 200, 300), warmup_epochs=4,
+                   adadfq_alpha_ds=0.2, adadfq_lambda_l=0.1, kd_temperature=20.0)
+        if teacher.startswith(("digits", "tiny")):
+            row = {k: row[k] for k in ("adadfq_alpha_ds", "adadfq_lambda_l", "kd_temperature")}
+            base.pop("batch_size")
+        return {**base, **row}
+    if teacher == "resnet50":
+        return {**base, "lr_student": 1e-4, "kd_temperature": 5.0,
+                "lr_milestones": {4: (200, 300, 400), 5: (350, 400)}.get(bits, (150, 300, 400)),
+                "warmup_epochs": 50 if bits in (4, 5) else 100,
+                "adadfq_alpha_ds": 0.1 if bits == 4 else 0.2,
+                "adadfq_lambda_l": 0.3 if bits in (4, 5) else 0.4}
+    if teacher.startswith("mobilenetv2"):
+        return {**base, "lr_student": 1e-5, "kd_temperature": 5.0, "lr_milestones": (350, 400),
+                "warmup_epochs": 50, "adadfq_alpha_ds": 0.3 if bits == 4 else 0.2,
+                "adadfq_lambda_l": 0.1}
+    return {**base, "lr_student": 1e-5, "kd_temperature": 5.0, "lr_milestones": (350, 400),
+            "warmup_epochs": 50, "adadfq_alpha_ds": 0.3 if bits == 5 else 0.2,
+            "adadfq_lambda_l": 0.3 if bits in (4, 5) else 0.1}
 
 
 def bn_layers(teacher: str) -> int:

@@ -1,5 +1,7 @@
 """The Qimera generator: class embeddings plus noise, superposed with probability p over K
-classes, through optional disentanglement-mapping (DM) layers into the GDFQ/ACGAN trunk.
+classes, through optional disentanglement-mapping (DM) layers into the GDFQ/ACGAN trunk. The
+same trunk serves GDFQ's original input (class embedding times noise) and ZAQ's unconditional
+one (noise alone, z in R^256, BN eps 1e-5).
 
 Method doc §3. The CIFAR trunk conditions on the class only through its input; the ImageNet
 trunk adds class-conditional BatchNorm (CBN). Shapes: B batch, K slots, D embedding width.
@@ -178,9 +180,11 @@ class Generator(nn.Module):
                     else nn.BatchNorm2d(f, eps=eps))
         self.bn0 = bn(128, 1e-5)
         self.conv1 = nn.Conv2d(128, 128, 3, padding=1)
-        self.bn1 = bn(128, 0.8)          # 0.8 is eps, as in the official code (§11 #20)
+        # 0.8 is eps, as in the official code (§11 #20); ZAQ's unconditional trunk uses 1e-5
+        eps = 1e-5 if latent_input == "unconditional" else 0.8
+        self.bn1 = bn(128, eps)
         self.conv2 = nn.Conv2d(128, 64, 3, padding=1)
-        self.bn2 = bn(64, 0.8)
+        self.bn2 = bn(64, eps)
         self.conv3 = nn.Conv2d(64, channels, 3, padding=1)
         self.bn_out = nn.BatchNorm2d(channels, affine=False)
 
@@ -192,6 +196,8 @@ class Generator(nn.Module):
         over the superposed samples and D (§3.4). Both are computed and one is picked per
         sample, so a batch of any mixture has one code path (and one shape under vmap).
         """
+        if self.latent_input == "unconditional":      # ZAQ: z alone, no class
+            return noise[:, 0]
         if self.latent_input == "multiplicative":     # original GDFQ: E[y] * z, no normaliser
             z = noise[:, 0]
             return z if self.conditional_bn else self.embeddings[labels[:, 0]] * z

@@ -1,6 +1,11 @@
-"""Losses (method doc §4): the teacher's BN-statistics loss, soft-label CE and KD."""
+"""Losses (method doc §4): the teacher's BN-statistics loss, soft-label CE and KD; and the
+baselines' own terms (baselines doc §3-4): AdaDFQ's margin and entropy losses, ZAQ's output
+and stage-attention discrepancies."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -97,3 +102,79 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
     batch, classes = p_t.shape[-2:]
     divisor = batch * classes if reduction == "elementwise_mean" else batch
     return F.kl_div(log_p_s, p_t, reduction="none").sum((-2, -1)) * (temperature**2 / divisor)
+
+
+# ---- AdaDFQ (baselines doc §4) --------------------------------------------------------------
+def entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) over the last dim, in nats: (..., C) -> (...)."""
+    logp = F.log_softmax(_upcast(logits), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def adadfq_margin(disagreement: Tensor, lambda_l: float, lambda_u: float) -> Tensor:
+    """AdaDFQ's margin term on d = t - s, (B, C) or a pack's (N, B, C):
+    h_b = entropy(softmax(d_b)), h'_b = (h_b - min_b h) / (log C - min_b h) over the batch,
+    mean_b max(lambda_l - h'_b, 0) + mean_b max(h'_b - lambda_u, 0)."""
+    h = entropy(disagreement)
+    lo = h.min(-1, keepdim=True).values
+    hn = (h - lo) / (math.log(disagreement.shape[-1]) - lo)
+    return (lambda_l - hn).clamp_min(0).mean(-1) + (hn - lambda_u).clamp_min(0).mean(-1)
+
+
+def adadfq_student_loss(student_logits: Tensor, teacher_logits: Tensor,
+                        temperature: float) -> Tensor:
+    """-T^2 mean_b entropy(softmax((t_b - s_b) / T)): the student makes its disagreement with
+    the teacher uniform (AdaDFQ's student loss, no CE)."""
+    return -temperature**2 * entropy((teacher_logits - student_logits) / temperature).mean(-1)
+
+
+# ---- ZAQ (baselines doc §3) -----------------------------------------------------------------
+def _l2_channels(x: Tensor, official: bool = False) -> Tensor:
+    """Each position's channel vector over its L2 norm. ZAQ's code calls F.normalize (eps
+    1e-12), whose gradient at an all-zero vector is 1/eps = 1e12: quantized activations have
+    such vectors, and one step then overflows. Here a vector with norm <= 1e-6 maps to 0 with a
+    zero gradient (its direction is undefined); `official` keeps F.normalize."""
+    if official:
+        return F.normalize(x, dim=-3)
+    norm = x.norm(dim=-3, keepdim=True)
+    return torch.where(norm > 1e-6, x / norm.clamp_min(1e-6), torch.zeros_like(x))
+
+
+def spatial_attention(x: Tensor) -> Tensor:
+    """x + 0.1 * (x re-weighted by a softmax over the HW x HW affinity), per sample:
+    (..., C, H, W)."""
+    f = x.flatten(-2)                                            # (..., C, HW)
+    a = torch.softmax(f.transpose(-1, -2) @ f, dim=-1)           # (..., HW, HW)
+    return x + 0.1 * (f @ a.transpose(-1, -2)).view_as(x)
+
+
+def channel_attention(x: Tensor) -> Tensor:
+    """x + 0.1 * (softmax over (row max - C x C affinity) applied to x): (..., C, H, W)."""
+    f = x.flatten(-2)                                            # (..., C, HW)
+    energy = f @ f.transpose(-1, -2)                             # (..., C, C)
+    energy = energy.amax(-1, keepdim=True) - energy
+    return x + 0.1 * (torch.softmax(energy, dim=-1) @ f).view_as(x)
+
+
+def _l1(a: Tensor, b: Tensor, lead: int) -> Tensor:
+    """Mean |a - b| over all but the first `lead` dims."""
+    return (a - b).abs().flatten(lead).mean(-1)
+
+
+def scrm(student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor], lead: int = 0,
+         official_normalize: bool = False) -> Tensor:
+    """ZAQ's stage-attention discrepancy: sum over stages of the L1 between the spatially
+    attended maps plus the L1 between the channel-attended maps, each map L2-normalised over
+    channels first. `lead` leading dims are kept (1 for a pack's (N, B, C, H, W) features)."""
+    total = 0
+    for s, t in zip(student_feats, teacher_feats, strict=True):
+        s = _l2_channels(_upcast(s), official_normalize)
+        t = _l2_channels(_upcast(t), official_normalize)
+        total = total + _l1(spatial_attention(s), spatial_attention(t), lead) + \
+            _l1(channel_attention(s), channel_attention(t), lead)
+    return total
+
+
+def logit_l1(student_logits: Tensor, teacher_logits: Tensor, lead: int = 0) -> Tensor:
+    """ZAQ's output discrepancy: mean |s - t| (keeping `lead` leading dims)."""
+    return _l1(_upcast(student_logits), _upcast(teacher_logits), lead)

@@ -76,12 +76,12 @@ class One:
         self.template = module
         self.size = 1
 
-    def __call__(self, *args: Tensor) -> Tensor:
-        return self.module(*(a[0] for a in args))[None]
+    def __call__(self, *args: Tensor) -> Any:
+        return _lead(self.module(*(a[0] for a in args)))
 
-    def shared(self, x: Tensor) -> Tensor:
+    def shared(self, x: Tensor) -> Any:
         """Every member on the same input `x`: (N, ...) outputs."""
-        return self.module(x)[None]
+        return _lead(self.module(x))
 
     def parameters(self) -> list[Tensor]:
         return list(self.module.parameters())
@@ -94,6 +94,11 @@ class One:
 
     def member_state(self, i: int) -> dict[str, Tensor]:
         return self.module.state_dict()
+
+
+def _lead(out: Any) -> Any:
+    """A lone module's output with the member dimension (1) in front, tensors in tuples too."""
+    return out[None] if isinstance(out, Tensor) else type(out)(_lead(o) for o in out)
 
 
 class Stack:

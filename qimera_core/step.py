@@ -4,6 +4,14 @@
 Per step (method doc §5.1): sample latents (superposed with probability p), generate a batch,
 teacher forward with BN statistics, generator step on soft CE + bns_weight * BNS, then the
 quantized student distils from the teacher on the detached batch (after the warm-up).
+
+The generator baselines are named loss terms of the same step (baselines doc §3-4):
+- adadfq: the generator learns through the quantized student (its forward on the batch, not
+  detached): margin(t - s) + beta (alpha_ds CE(t - s, y) + alpha_as CE(t + s, y)) + gamma BNS;
+  the student's loss, -T^2 mean entropy(softmax((t - s) / T)), reuses that same forward.
+- zaq: stage outputs of teacher and student are tapped; the generator maximises the
+  discrepancy L1(s, t) + alpha SCRM and the teacher's last-stage activation magnitude (beta);
+  then zaq_student_steps student steps, each on a fresh batch, minimise the discrepancy.
 """
 
 from __future__ import annotations
@@ -18,7 +26,16 @@ from qimera_core import data, models, pack, quant
 from qimera_core.builders import build_generator, build_networks
 from qimera_core.config import TrainConfig
 from qimera_core.generator import Latents, sample_latents, stack_latents
-from qimera_core.losses import TeacherWithBNStats, kd_loss, soft_cross_entropy
+from qimera_core.losses import (
+    TeacherWithBNStats,
+    adadfq_margin,
+    adadfq_student_loss,
+    kd_loss,
+    logit_l1,
+    scrm,
+    soft_cross_entropy,
+)
+from qimera_core.taps import Tapped, forward_with_taps, stage_names
 
 
 def _no_mark(_phase: str) -> None:
@@ -43,6 +60,13 @@ class Trial:
         self.num_classes = spec.num_classes
         self.teacher, student = build_networks(self.cfg, device)
         self.teacher_bn = TeacherWithBNStats(self.teacher)
+        self.method = self.cfg.method
+        self.stages: list[str] = []
+        if self.method == "zaq":                       # stage outputs of both networks
+            self.stages = stage_names(self.teacher)
+            student = Tapped(student, self.stages)
+        if self.cfg.student_train_mode:                # ZAQ's code: BN on batch statistics
+            student.train()
         self._emb_mask: Tensor | None = None
         if not (len(self.cfgs) > 1 if stacked is None else stacked):
             self.student = student
@@ -76,7 +100,7 @@ class Trial:
     def _sgd(self) -> torch.optim.Optimizer:
         cfg = self.cfg
         return torch.optim.SGD(self._s.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
-                               nesterov=True, weight_decay=cfg.weight_decay)
+                               nesterov=cfg.student_nesterov, weight_decay=cfg.weight_decay)
 
     def sample(self) -> Latents:
         """Each member's latents from its own streams, as one batch (N, B, ...)."""
@@ -86,6 +110,37 @@ class Trial:
                            noise_sigma=c.noise_sigma if c.latent_input == "additive" else 1.0,
                            rng=rng, coin=coin, device=self.device)
             for c, rng, coin in zip(self.cfgs, self.rngs, self.coins, strict=True)])
+
+    def _teacher(self, flat: Tensor, n: int) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """Teacher logits (N*B, C), BNS per member and, for ZAQ, its stage outputs (N, B, ...)."""
+        if not self.stages:
+            return (*self.teacher_bn(flat, n), ())
+        (logits, bns), feats = forward_with_taps(self.teacher, self.stages, flat,
+                                                 call=lambda x: self.teacher_bn(x, n))
+        return logits, bns, tuple(f.view(n, -1, *f.shape[1:]) for f in feats)
+
+    def _student(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The quantized student on a pack's (N, B, ...) batch: logits and (ZAQ) stage outputs."""
+        out = self._s(x)
+        return out if self.stages else (out, ())
+
+    def _generator_loss(self, lat: Latents, t: Tensor, bns: Tensor, t_feats: tuple[Tensor, ...],
+                        s: Tensor | None, s_feats: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """(loss_g, its CE-like term) per member, by method."""
+        cfg = self.cfg
+        if self.method == "adadfq":
+            d = t - s
+            ce = cfg.adadfq_beta * (cfg.adadfq_alpha_ds * soft_cross_entropy(d, lat.targets)
+                                    + cfg.adadfq_alpha_as * soft_cross_entropy(t + s, lat.targets))
+            return adadfq_margin(d, cfg.adadfq_lambda_l, cfg.adadfq_lambda_u) + ce + \
+                cfg.bns_weight * bns, ce
+        if self.method == "zaq":
+            disc = logit_l1(s, t, 1) + cfg.zaq_alpha * scrm(s_feats, t_feats, 1,
+                                                           cfg.zaq_official_normalize)
+            magnitude = t_feats[-1].float().abs().flatten(1).mean(-1)
+            return -disc - cfg.zaq_beta * magnitude + cfg.bns_weight * bns, -disc
+        ce = soft_cross_entropy(t, lat.targets)
+        return ce + cfg.bns_weight * bns, ce
 
     def step(self, train_student: bool, calibrate: bool,
              mark: Callable[[str], None] | None = None) -> dict[str, Tensor]:
@@ -100,22 +155,38 @@ class Trial:
             flat = images.flatten(0, 1)        # the shared teacher sees one (N*B) batch
             if cfg.channels_last:
                 flat = flat.contiguous(memory_format=torch.channels_last)
-            t_logits, bns = self.teacher_bn(flat, n)
+            t_logits, bns, t_feats = self._teacher(flat, n)
         mark("teacher_fwd")
         t_logits = t_logits.view(n, -1, t_logits.shape[-1])                    # (N, B, classes)
-        g_ce = soft_cross_entropy(t_logits, lat.targets)
-        loss_g = g_ce + cfg.bns_weight * bns
+        s_logits, s_feats = None, ()
+        through_student = self.method in ("adadfq", "zaq")
+        if through_student:                    # the generator's gradient passes the student
+            s_logits, s_feats = self._student(images)
+        loss_g, g_ce = self._generator_loss(lat, t_logits, bns, t_feats, s_logits, s_feats)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.sum().backward()    # a sum, so each member gets the gradient of its own loss
+        reuse = self.method == "adadfq" and train_student   # the student loss reuses s_logits
+        if through_student:
+            loss_g.sum().backward(inputs=self._g.parameters(), retain_graph=reuse)
+        else:
+            loss_g.sum().backward()  # a sum, so each member gets the gradient of its own loss
         if self._emb_mask is not None:
             self._g.params["embeddings"].grad.mul_(self._emb_mask)
+        out = {"loss_g": loss_g.detach(), "loss_g_ce": g_ce.detach(), "loss_bns": bns.detach()}
+        if reuse:
+            loss_s = adadfq_student_loss(s_logits, t_logits.detach(), cfg.kd_temperature)
+            self.opt_s.zero_grad(set_to_none=True)
+            loss_s.sum().backward(inputs=self._s.parameters())
+            self.opt_s.step()
+            out.update(loss_s=loss_s.detach(), loss_kd=loss_s.detach(),
+                       loss_s_ce=torch.zeros_like(loss_s.detach()))
         self.opt_g.step()
         mark("generator_bwd_step")
-        out = {"loss_g": loss_g.detach(), "loss_g_ce": g_ce.detach(), "loss_bns": bns.detach()}
         x = images.detach()               # the student must not push gradients into G
         if x.dtype == torch.bfloat16:      # autocast: the student trains in float32
             x = x.float()
-        if train_student:
+        if train_student and self.method == "zaq":
+            out.update(self._zaq_student_steps())
+        elif train_student and not reuse:
             s_logits = self._s(x)
             kd = kd_loss(s_logits, t_logits.detach(), cfg.kd_temperature, cfg.kd_reduction)
             s_ce = soft_cross_entropy(s_logits, lat.targets)
@@ -124,18 +195,52 @@ class Trial:
             loss_s.sum().backward()
             self.opt_s.step()
             out.update(loss_s=loss_s.detach(), loss_kd=kd.detach(), loss_s_ce=s_ce.detach())
-        elif calibrate:                    # warm-up: the forward only moves activation ranges
+        elif calibrate and not train_student:   # warm-up: the forward only moves the ranges
             with torch.no_grad():
                 self._s(x)
         mark("student")
         return {k: v[0] for k, v in out.items()} if self._squeeze else out
 
+    def _zaq_student_steps(self) -> dict[str, Tensor]:
+        """ZAQ's zaq_student_steps student steps, each on a fresh batch: the student minimises
+        L1(s, t) + alpha SCRM. Returns the mean over the steps (loss_kd = the L1, loss_s_ce =
+        alpha SCRM)."""
+        cfg, n = self.cfg, self.size
+        sums: dict[str, Tensor] = {}
+        for _ in range(cfg.zaq_student_steps):
+            lat = self.sample()
+            with torch.no_grad(), self.autocast:
+                images = self._g(lat.labels, lat.weights, lat.noise, lat.mixed)
+                flat = images.flatten(0, 1)
+                if cfg.channels_last:
+                    flat = flat.contiguous(memory_format=torch.channels_last)
+                t, _, t_feats = self._teacher(flat, n)
+            x = images.float() if images.dtype == torch.bfloat16 else images
+            s, s_feats = self._student(x)
+            t = t.view(n, -1, t.shape[-1]).float()
+            l1 = logit_l1(s, t, 1)
+            att = cfg.zaq_alpha * scrm(s_feats, t_feats, 1, cfg.zaq_official_normalize)
+            loss = l1 + att
+            self.opt_s.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            self.opt_s.step()
+            for k, v in (("loss_s", loss), ("loss_kd", l1), ("loss_s_ce", att)):
+                sums[k] = sums.get(k, 0) + v.detach() / cfg.zaq_student_steps
+        return sums
+
     def set_calibration(self, enabled: bool) -> None:
         quant.set_calibration(self._s.template, enabled)
 
     def evaluate(self, evalset: data.EvalSet) -> list[dict[str, float]]:
-        """Every member's student on the test set: top-1/top-5 per member."""
-        return data.evaluate_many(self._s.shared, self.size, evalset, self.device)
+        """Every member's student on the test set (in eval mode): top-1/top-5 per member."""
+        template = self._s.template
+        train_mode = template.training
+        template.eval()
+        try:
+            forward = (lambda x: self._s.shared(x)[0]) if self.stages else self._s.shared
+            return data.evaluate_many(forward, self.size, evalset, self.device)
+        finally:
+            template.train(train_mode)
 
     def keep(self, rows: list[int]) -> None:
         """Go on with the members at `rows` only (the others diverged)."""

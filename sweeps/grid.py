@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qimera_core.config import (
+    ADADFQ_FIELDS,
     FIELD_NAMES,
     FIELDS,
     GENERATOR_FIELDS,
@@ -20,6 +21,7 @@ from qimera_core.config import (
     PTQ_FIELDS,
     PTQ_METHODS,
     RUN_ONLY_FIELDS,
+    ZAQ_FIELDS,
     TrainConfig,
     build,
 )
@@ -34,7 +36,12 @@ OFFLINE_PRESET = "digits-offline"
 METHOD_FIELDS = frozenset({
     "method", "mix_prob", "mix_classes", "mix_mode", "dm_layers", "dm_width", "dm_activation",
     "noise_sigma", "emb_init", "freeze_embeddings", "latent_input", "cbn_mix", *PTQ_FIELDS,
+    *ADADFQ_FIELDS, *ZAQ_FIELDS,
 })
+# Fields build(method=...) sets from the method and the preset (AdaDFQ's per-model constants,
+# ZAQ's optimisers): a smoke or offline block takes them from build, not from the table's preset.
+METHOD_CONSTANTS = frozenset({"latent_input", "bns_weight", "lr_generator", "adam_beta1",
+                              "kd_temperature", *ADADFQ_FIELDS})
 # Fields holding local paths: made absolute before launch, since trials run in another cwd.
 _PATH_FIELDS = ("cache_dir", "teacher_weights")
 _PATH_PREFIXES = ("npz:", "imagenet:")          # eval_data forms that carry a path
@@ -121,8 +128,11 @@ def smoke(block: Block, preset: str = SMOKE_PRESET) -> Block:
     teacher, data, bits and schedule come from `preset` (others back to defaults)."""
     keep = METHOD_FIELDS | set(block.grid) | set(RUN_ONLY_FIELDS)
     base = block.base_dict()
-    if base.get("method") in PTQ_METHODS:     # the preset's PTQ form: its batch, no generator
-        kept = {k: v for k, v in base.items() if k in keep and k not in GENERATOR_FIELDS}
+    method = base.get("method")
+    if method not in ("qimera", "gdfq"):      # the preset as build(method=...) makes it: the
+        fixed = GENERATOR_FIELDS if method in PTQ_METHODS else ()   # method's own constants
+        kept = {k: v for k, v in base.items()
+                if k in keep and k not in fixed and k not in METHOD_CONSTANTS}
         return dataclasses.replace(block, base=build(preset, **kept).to_dict())
     setting = {k: f.default for k, f in FIELDS.items() if k not in keep}
     setting.update({k: v for k, v in PRESETS[preset].items() if k not in keep})

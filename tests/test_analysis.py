@@ -144,6 +144,9 @@ def test_labels_for_every_teacher():
         ["ResNet-20", "ResNet-18", "ResNet-50", "MobileNetV2", "BN-ResNet-8", "InceptionV3"]
     assert method_label("qimera", True) == "Extracted Init + Freeze"
     assert method_label("gdfq", False) == "GDFQ"
+    assert [method_label(m, False) for m in ("zeroq", "dsg", "zaq", "adadfq")] == \
+        ["ZeroQ", "DSG", "ZAQ", "AdaDFQ"]
+    assert method_label("zeroq", False, epochs=5) == "ZeroQ + KD"   # fine-tuned: its own column
 
 
 def test_load_refuses_unknown_schema_and_empty_dirs(tmp_path):
@@ -212,20 +215,21 @@ def test_table6_cells(res):
 def test_main_table_cells_with_paper_baselines(res):
     t = tables.build("main", res)
     r4, r5 = ("CIFAR-10", "ResNet-20", "4w4a"), ("CIFAR-10", "ResNet-20", "5w5a")
-    assert list(t.frame.columns) == ["FP32", "ZeroQ", "DSG", "ZAQ", "GDFQ", "Qimera"]
+    assert list(t.frame.columns) == ["FP32", "ZeroQ", "DSG", "ZAQ", "GDFQ", "AdaDFQ", "Qimera"]
     assert cell(t, r4, "FP32") == ("70.00", False)
     # ZeroQ run here, beside its paper number; DSG has neither a run nor a paper number
     assert cell(t, r4, "ZeroQ") == ("81.00 ± 1.41", False)
     assert cell(t, r4, "DSG") == ("-", False)
-    assert cell(t, r4, "ZAQ") == ("92.13 (paper)", True)  # the paper's ZAQ beats our 92.00
+    assert cell(t, r4, "ZAQ") == ("92.13 (quoted)", True)  # the paper's ZAQ beats our 92.00
     assert cell(t, r4, "Qimera") == ("92.00 ± 0.00", False)
     assert cell(t, r4, "GDFQ") == ("90.00 ± 0.00", False)
     assert cell(t, r5, "GDFQ") == ("-", False)
-    assert cell(t, r5, "ZAQ") == ("93.36 (paper)", True)
+    assert cell(t, r5, "ZAQ") == ("93.36 (quoted)", True)
+    assert cell(t, r5, "AdaDFQ") == ("-", False)
     assert cell(t, r5, "ZeroQ")[0].endswith("(quoted)")    # not run at 5w5a: the paper's
     notes = "\n".join(t.notes)
     assert "CIFAR-10 ResNet-20 5w5a, GDFQ: diverged (seeds 0, 1)" in notes
-    assert "CIFAR-10 ResNet-20 5w5a: DSG, Qimera not run" in notes
+    assert "CIFAR-10 ResNet-20 5w5a: DSG, AdaDFQ, Qimera not run" in notes
     assert "Paper rows not run here: CIFAR-100 ResNet-20 4w4a; CIFAR-100 ResNet-20 5w5a; " \
         "ImageNet ResNet-18 4w4a" in notes
 
@@ -235,6 +239,7 @@ def test_table7_and_table10_cells(res):
     r = ("CIFAR-100", "ResNet-20", "4w4a")
     assert list(t7.frame.columns) == ["FP32", "ZeroQ", "DSG", "ZAQ", "GDFQ", "Qimera",
                                       "Extracted Init + Freeze"]
+    assert cell(t7, r, "ZAQ")[0].endswith("(quoted)")
     assert cell(t7, r, "ZeroQ") == ("47.45 (quoted)", False)
     assert cell(t7, r, "Extracted Init + Freeze") == ("64.00 ± 0.00", False)
     assert cell(t7, r, "Qimera") == ("65.50 ± 0.71", True)

@@ -19,11 +19,11 @@ from sweeps import grid, rows, search
 from sweeps.grid import Block, GridError, expand
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ["table6", "table7", "table8", "table9", "table10", "main"]
+TABLES = ["table6", "table7", "table8", "table9", "table10", "main", "methods"]
 # Trials per table with the default 3 seeds; pins the grids to the paper's tables. The method
-# tables run ZeroQ and DSG (qimera_core.ptq) besides Qimera and GDFQ.
-COUNTS = {"table6": 10 * 6 * 3, "table7": 10 * 5 * 3, "table8": 2 * 5 * 3,
-          "table9": 2 * 24 * 3, "table10": 5 * 3 * 3, "main": 10 * 4 * 3}
+# tables run the baselines (ZeroQ, DSG, ZAQ; AdaDFQ in the main table) besides Qimera and GDFQ.
+COUNTS = {"table6": 10 * 6 * 3, "table7": 10 * 6 * 3, "table8": 2 * 5 * 3,
+          "table9": 2 * 24 * 3, "table10": 5 * 3 * 3, "main": 10 * 6 * 3, "methods": 10 * 6 * 3}
 
 
 def env() -> dict:
@@ -251,7 +251,8 @@ def test_offline_is_the_first_settings_rows_on_the_digits_offline_schedule():
     assert {(c.epochs, c.steps_per_epoch, c.batch_size) for c in t9} == {(8, 40, 32)}
     assert len({(c.mix_prob, c.mix_classes) for c in t9}) == 24
     m = grid.plan(main_table.BLOCKS, seeds=3, offline=True)
-    assert sorted({c.method for c in m}) == ["dsg", "gdfq", "qimera", "zeroq"] and len(m) == 12
+    assert sorted({c.method for c in m}) == ["adadfq", "dsg", "gdfq", "qimera", "zaq", "zeroq"]
+    assert len(m) == 18
     ptq = [c for c in m if c.method in ("zeroq", "dsg")]      # the preset's PTQ form
     assert {(c.epochs, c.warmup_epochs, c.mix_prob, c.act_range_mode) for c in ptq} == \
         {(0, 0, 0.0, "minmax")}

@@ -1,0 +1,93 @@
+"""The generator methods (Qimera, GDFQ, AdaDFQ, ZAQ) on the akamaster CIFAR-10 ResNet-20 and the
+first 1000 CIFAR-10 test images (../shared/data), on a short CPU schedule: batch 64, 25 steps per
+epoch, 12 epochs, warm-up 4, 4w4a. Each method's seeds run as one pack; prints each method's
+start top-1 (the end of the warm-up) and final top-1 per seed (and --json).
+
+    python bench/generator_fidelity.py [--shared ../shared/data] [--seeds 3] [--json out.json]
+
+Every method keeps its own losses and constants from build(method=...); the schedule above
+replaces each one's own (AdaDFQ's batch 16, ZAQ's 300 epochs of 60 steps at batch 256), so the
+methods differ only in what they are. A pipeline check on a short schedule: not the paper's
+numbers (400 epochs of 200 steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from qimera_core.config import build
+from qimera_core.train import train_pack
+
+HERE = Path(__file__).resolve()
+METHODS = ("qimera", "gdfq", "adadfq", "zaq")
+SHORT = dict(batch_size=64, steps_per_epoch=25, epochs=12, warmup_epochs=4, act_range_epochs=4,
+             w_bits=4, a_bits=4)
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.mean(xs) if xs else float("nan")
+
+
+def _std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+def run(shared: Path, seeds: int, methods: list[str], short: dict) -> list[dict]:
+    out = []
+    for method in methods:
+        cfgs = [build("cifar10-resnet20-4w4a", method=method, teacher="resnet20_cifar10_a",
+                      teacher_weights=str(shared / "resnet20_cifar10_akamaster.th"),
+                      eval_data=f"npz:{shared / 'cifar10-test-first1000.npz'}", seed=s,
+                      device="cpu", **short)
+                for s in range(seeds)]
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as d:
+            finals = train_pack(cfgs, Path(d), report=lambda m, checkpoint_dir=None: None)
+        top1, start = [f["top1"] for f in finals], [f["start_top1"] for f in finals]
+        row = dict(method=method, teacher=finals[0]["teacher_top1"], start=start, top1=top1,
+                   start_mean=_mean(start), top1_mean=_mean(top1), top1_std=_std(top1),
+                   status=[f["status"] for f in finals], wall_s=time.perf_counter() - t0)
+        out.append(row)
+        print(f"{method:7s} teacher {row['teacher']:.2f}  start {row['start_mean']:6.2f}  final "
+              f"{row['top1_mean']:6.2f} ± {row['top1_std']:.2f}  "
+              f"({', '.join(f'{v:.2f}' for v in top1)})  {row['wall_s']:.0f} s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shared", type=Path, default=HERE.parents[2] / "shared" / "data")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--epochs", type=int, default=SHORT["epochs"])
+    p.add_argument("--steps-per-epoch", type=int, default=SHORT["steps_per_epoch"])
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if not (args.shared / "resnet20_cifar10_akamaster.th").is_file():
+        print(f"{args.shared} lacks the akamaster checkpoint and the CIFAR-10 npz; pass --shared",
+              file=sys.stderr)
+        return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        print(f"unknown --methods {bad}; choose from {list(METHODS)}", file=sys.stderr)
+        return 2
+    short = {**SHORT, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+             "warmup_epochs": min(SHORT["warmup_epochs"], args.epochs),
+             "act_range_epochs": min(SHORT["act_range_epochs"], args.epochs)}
+    logging.basicConfig(level=logging.WARNING)
+    rows = run(args.shared, args.seeds, methods, short)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
