@@ -105,8 +105,8 @@ def _config(dataset: str, model: str, bits: str, **overrides) -> config.TrainCon
     return config.build(preset, w_bits=w, a_bits=a, **overrides)
 
 
-# The paper's baselines we run ourselves (qimera_core.ptq), by the paper's name.
-RUN_BASELINES = {"ZeroQ": "zeroq", "DSG": "dsg"}
+# The paper's baselines we run ourselves, by the paper's name.
+RUN_BASELINES = {"ZeroQ": "zeroq", "DSG": "dsg", "ZAQ": "zaq"}
 
 
 def _overrides(row: pd.Series) -> dict:
@@ -130,8 +130,8 @@ def _overrides(row: pd.Series) -> dict:
 def paper_trials(table: str) -> pd.DataFrame:
     """Trial rows (schema of qimera_core.results, one seed) whose top1 is the paper's number.
 
-    Covers the cells we would run ourselves (Qimera, GDFQ, Extracted Init + Freeze, ZeroQ,
-    DSG), not the baselines (ZAQ) that the table code takes from the paper anyway.
+    Covers every cell we run ourselves (Qimera, GDFQ, Extracted Init + Freeze and the
+    baselines ZeroQ, DSG, ZAQ).
     """
     df = paper_tables()
     # Table 7 = the main table's columns plus its own "Extracted Init + Freeze" column.

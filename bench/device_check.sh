@@ -13,6 +13,8 @@
 #   profile    torch.profiler at N = 16: kernels per step, top 10 kernels, GPU-busy     (40 s)
 #   calibrate  the --pack auto calibration (sweeps.calibrate) of the CIFAR kind        (60 s)
 #   train      python -m qimera_core.train, CIFAR-10 ResNet-20 4w4a, 2,000 steps       (150 s)
+#   synthesis  ZeroQ's pixel optimisation, ResNet-18 at 224, 4 seeds lone vs packed
+#              (bench/synthesis.py, 20 iterations of batch 64)                      (40 s)
 #   compile    last: the packed step at N = 8 under torch.compile against eager        (90 s)
 # (the seconds are each part's cap; a part gets less when the total budget runs short, and is
 # skipped, saying so, with under 20 s left). All use the cifar10-resnet20-4w4a preset at batch
@@ -98,6 +100,10 @@ part procs 60 "${probe[@]}" procs "${opts[@]}" --procs 4 --steps 40
 part profile 40 "${probe[@]}" profile "${opts[@]}" --n 16
 part calibrate 60 "${probe[@]}" calibrate "${opts[@]}" --budget-s 35
 part train 150 "${probe[@]}" train "${opts[@]}" --data "$data"
+if [ -n "${QUICK:-}" ]; then synth=(--teacher tiny_resnet --iters 2 --batch-size 4 --seeds 2)
+else synth=(--teacher resnet18 --iters 20 --batch-size 64 --seeds 4); fi
+part synthesis 40 "$py" bench/synthesis.py --device "$device" "${synth[@]}" \
+    --json "$out/synthesis.json"
 part compile 90 "${probe[@]}" compile "${opts[@]}" --n 8
 
 log "summary"

@@ -541,7 +541,7 @@ def summarize(out: Path) -> dict[str, Any]:
              f"{env.get('env', {}).get('torch', '?')} | CUDA {env.get('env', {}).get('cuda_build')}"
              f" | cuDNN {env.get('env', {}).get('cudnn')}", ""]
     lines.append(f"{'part':10s} {'exit':>5s} {'seconds':>8s}  note")
-    for name in ("gpu-tests", *PARTS):
+    for name in ("gpu-tests", *PARTS[:-1], "synthesis", PARTS[-1]):
         st = status.get(name, {})
         why = st.get("why", "")
         if name in parts and parts[name] is None and not why:
@@ -620,6 +620,13 @@ def summarize(out: Path) -> dict[str, Any]:
                       + ("" if t.get("real_teacher_and_data") else " (random teacher, "
                          "synthetic data: accuracies mean nothing)")]
         head["train_steps_per_s"] = t["steps_per_s_training"]
+    if (c := load("synthesis")) and "speedup" in c:
+        lines += ["", f"{c['method']} synthesis, {c['teacher']} batch {c['batch']}, "
+                      f"{c['seeds']} seeds: lone {c['lone_images_per_s']:.0f}, packed "
+                      f"{c['packed_images_per_s']:.0f} image-iterations/s "
+                      f"({c['speedup']:.2f}x)"]
+        head["synthesis_packed_x_lone"] = c["speedup"]
+        parts["synthesis"] = c
     if (c := parts["compile"]) and "eager_ms_per_step" in c:
         got = (f"compiled {c['compiled_ms_per_step']:.2f} ms ({c['speedup']:.2f}x, first "
                f"step {c['first_step_s']:.0f} s)" if "compiled_ms_per_step" in c

@@ -2,12 +2,15 @@
 per second, in one process (same machine, same run), with the ratio.
 
     python bench/synthesis.py [--teacher resnet20_cifar10] [--seeds 4] [--iters 50] [--threads 2]
+    farm-bench --vs 'python bench/synthesis.py --mode lone' -- \
+        python bench/synthesis.py --mode packed
 
 Lone: each of --seeds seeds optimises its own batch in turn (one teacher forward per seed and
 iteration). Packed: the seeds' batches go through the teacher as one batch per iteration
 (qimera_core.synth.Synthesizer with every seed). Random teacher weights (no download): the
 work per iteration does not depend on the weights. --iters iterations per batch (ZeroQ runs 500;
-the time per iteration is what scales).
+the time per iteration is what scales). `--mode lone` or `packed` times one of the two only (for
+farm-bench, which times whole processes).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", choices=("both", "lone", "packed"), default="both")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if args.threads:
@@ -57,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                   device=args.device, seed=s) for s in range(args.seeds)]
     teacher, _ = build_networks(cfgs[0], device)
     shape = models.spec(args.teacher).input_shape
+    if args.mode != "both":                 # one of the two, for farm-bench
+        t = (sum(timed([c], teacher, shape, device) for c in cfgs) if args.mode == "lone"
+             else timed(cfgs, teacher, shape, device))
+        print(f"{args.mode}: {t:.2f} s for {args.seeds} seeds' batches")
+        return 0
     timed(cfgs[:1], teacher, shape, device)                     # warm-up (allocator, kernels)
     lone = sum(timed([c], teacher, shape, device) for c in cfgs)
     packed = timed(cfgs, teacher, shape, device)
@@ -79,4 +88,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code:
+        sys.exit(code)

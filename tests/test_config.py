@@ -9,9 +9,9 @@ import pytest
 
 from qimera_core.config import (
     GDFQ_SWITCHES,
+    HASH_DEFAULTS,
     OFFICIAL_EMB_INIT,
     PRESETS,
-    PTQ_FIELDS,
     TrainConfig,
     add_config_flags,
     build,
@@ -103,7 +103,7 @@ def test_act_quant_sites_at_its_default_leaves_the_hash_as_before_the_field():
     """call_site quantizes every teacher that could run before the field existed exactly as
     then, so those trials keep their hash; the official mode is another trial."""
     a = build("cifar10-resnet20-4w4a")
-    later = ("act_quant_sites", "tf32", *PTQ_FIELDS)     # fields added since, at their defaults
+    later = tuple(HASH_DEFAULTS)          # fields added since, left out at their defaults
     d = {k: v for k, v in a.to_dict().items()
          if k not in ("device", "num_threads", "cache_dir", *later)}
     blob = json.dumps(d, sort_keys=True, default=list).encode()
