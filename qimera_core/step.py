@@ -161,7 +161,7 @@ class Trial:
         s_logits, s_feats = None, ()
         through_student = self.method in ("adadfq", "zaq")
         if through_student:                    # the generator's gradient passes the student
-            s_logits, s_feats = self._student(images)
+            s_logits, s_feats = self._student(images.float())   # (float32 under autocast too)
         loss_g, g_ce = self._generator_loss(lat, t_logits, bns, t_feats, s_logits, s_feats)
         self.opt_g.zero_grad(set_to_none=True)
         reuse = self.method == "adadfq" and train_student   # the student loss reuses s_logits

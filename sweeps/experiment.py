@@ -34,7 +34,7 @@ from sweeps.plan import (
     span,
     trial_slots,
 )
-from sweeps.trial import member_key, pack_configs, trainable
+from sweeps.trial import gpus_for, pack_configs, pack_params, run_constants, trainable
 from sweeps.writer import ResultsWriter, finish
 
 log = logging.getLogger(__name__)
@@ -120,16 +120,18 @@ class TrialDirName:
 
 
 def launch(table: str, name: str, space: dict[str, Any], axes: Sequence[str],
-           args: argparse.Namespace, results_dir: Path, **tune_config: Any) -> int:
-    """Run `space` (a {"config": ..., "run": ...} param space) as experiment `name`."""
+           args: argparse.Namespace, results_dir: Path, search: bool = False,
+           **tune_config: Any) -> int:
+    """Run `space` ({"pack": ...}: a grid of packs, or one pack of search domains) as
+    experiment `name`."""
     _quiet_tune(args)
     print(f"{table}: experiment {args.storage}/{name}; if interrupted, continue it with "
           f"--resume {name}")
-    columns = ({"pack/size": "runs", "pack/label": "values"} if "pack" in space
-               else {f"config/{a}": a for a in (*axes, "seed")})
+    columns = ({f"pack/configs/m0/{a}": a for a in (*axes, "seed")} if search
+               else {"pack/size": "runs", "pack/label": "values"})
     reporter = tune.CLIReporter(parameter_columns=columns,
                                 metric_columns=list(PROGRESS_METRICS),
-                                max_column_length=60 if "pack" in space else 20,
+                                max_column_length=20 if search else 60,
                                 max_report_frequency=10 if args.smoke_test
                                 else 30 if getattr(args, "offline", False) else 60)
     run_config = tune.RunConfig(
@@ -139,7 +141,8 @@ def launch(table: str, name: str, space: dict[str, Any], axes: Sequence[str],
         callbacks=[ResultsWriter(table, results_dir), *trackers.callbacks(args, table, name)],
         progress_reporter=reporter,
         verbose=1)                                     # the status table; 2+ print every result
-    tuner = tune.Tuner(trainable(), param_space=space, run_config=run_config,
+    tuner = tune.Tuner(trainable(experiment_run(args, results_dir)), param_space=space,
+                       run_config=run_config,
                        tune_config=tune.TuneConfig(
                            max_concurrent_trials=args.max_concurrent or None,
                            reuse_actors=args.reuse_actors,
@@ -165,9 +168,16 @@ def restore(table: str, path: str, args: argparse.Namespace, results_dir: Path) 
     shared.check_nodes(args.storage, [])
     _quiet_tune(args)
     _, finished = rows.recorded(results_dir)
-    tuner = tune.Tuner.restore(path, trainable=trainable(frozenset(finished)),
+    tuner = tune.Tuner.restore(path, trainable=trainable(experiment_run(args, results_dir),
+                                                         frozenset(finished)),
                                resume_errored=True)
     return finish(table, tuner.fit(), results_dir)
+
+
+def experiment_run(args: argparse.Namespace, results_dir: Path) -> dict[str, Any]:
+    """The run constants every trial of this experiment gets (sweeps.trial.run_constants)."""
+    return run_constants(args.cpus_per_trial, results_dir,
+                         getattr(args, "fail_once_at_epoch", 0))
 
 
 def print_todo(todo: Sequence[TrainConfig], axes: Sequence[str]) -> None:
@@ -199,12 +209,9 @@ def run_round(table: str, todo: Sequence[TrainConfig], args: argparse.Namespace,
     print(f"{table}: {len(todo)} trials in {len(packs)} packs "
           f"({', '.join(f'{n} x {k}' for k, n in sizes)})")
     space = {"pack": tune.grid_search([
-                {"size": len(p), "label": pack_label(p, axes),
-                 "configs": {member_key(i): place(c, gpus, args.cpus_per_trial).to_dict()
-                             for i, c in enumerate(p)}}
-                for p in packs]),
-             "run": {"cpus": args.cpus_per_trial, "gpus": gpus, "results": str(results_dir),
-                     "fail_once_at_epoch": args.fail_once_at_epoch}}
+        pack_params([place(c, gpus, args.cpus_per_trial).to_dict() for c in p],
+                    gpus_for(gpus[p[0].teacher], len(p)), pack_label(p, axes))
+        for p in packs])}
     rows.write_plan(table, results_dir, todo)
     return launch(table, name, space, axes, args, results_dir)
 

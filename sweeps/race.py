@@ -124,9 +124,9 @@ class GroupState:
 
 
 def groups(blocks: Sequence[Block]) -> dict[str, list[Cell]]:
-    """The race groups of a table's chosen blocks, by the setting the tables label them with
-    ("CIFAR-10 ResNet-20 4w4a"), as the tables pick a best: rows `<setting>/<variant>`, such
-    as the main table's GDFQ and Qimera rows, race together."""
+    """The race groups of a table's chosen blocks, keyed by block: a block's row names its
+    setting, and rows `<setting>/<variant>` (the main table's methods of one preset) are one
+    group, as the tables pick one best per setting. Cells are keyed by config hash."""
     from analysis.load import add_labels
     out: dict[str, list[Cell]] = {}
     named = ["setting", "method_label", *grid.swept_axes(blocks)]
@@ -137,7 +137,7 @@ def groups(blocks: Sequence[Block]) -> dict[str, list[Cell]]:
             fields = {k: _plain(lab[k]) for k in named if k in lab}
             text = " ".join(f"{a}={_plain(getattr(cfg, a))}" for a in block.grid) or \
                 str(lab["method_label"])
-            out.setdefault(str(fields["setting"]), []).append(
+            out.setdefault(block.row.split("/")[0], []).append(
                 Cell(cfg, f"{block.row.split('/')[-1]} {text}" if "/" in block.row else text,
                      fields))
     return out

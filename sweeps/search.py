@@ -39,6 +39,7 @@ from sweeps.experiment import (
 from sweeps.grid import GridError
 from sweeps.page import keep_open, open_page
 from sweeps.plan import gpus_by_teacher, place, prepare_all
+from sweeps.trial import gpus_for, pack_params
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +203,9 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
         return 2
     gpus = gpus_by_teacher([base], args, ray.cluster_resources().get("GPU", 0))
     cfg = place(base, gpus, args.cpus_per_trial)
-    space = {"config": {**cfg.to_dict(), **{k: to_domain(d) for k, d in dims.items()}},
-             "run": {"cpus": args.cpus_per_trial, "gpus": gpus,
-                     "fail_once_at_epoch": args.fail_once_at_epoch}}
+    space = {"pack": pack_params([{**cfg.to_dict(),
+                                   **{k: to_domain(d) for k, d in dims.items()}}],
+                                 gpus_for(gpus[cfg.teacher], 1), "search")}
     grace = args.grace_epochs or max(1, cfg.epochs // 8, cfg.eval_start_epoch + 1)
     searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.search_seed))
     scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
@@ -213,7 +214,7 @@ def run_search(args: argparse.Namespace, base: TrainConfig, dims: Mapping[str, A
           f"{', '.join(dims)} for the highest {args.metric}")
     return keep_open(page, args.table, launch(
         args.table, experiment_name(args, prefix), space, list(dims), args, results_dir,
-        metric=args.metric, mode="max", search_alg=searcher, scheduler=scheduler,
+        search=True, metric=args.metric, mode="max", search_alg=searcher, scheduler=scheduler,
         num_samples=args.num_samples))
 
 

@@ -6,7 +6,8 @@ One tracker run is one Tune trial, so a pack of N configs is one run. Both its c
 results key the pack's members `m0` ... `m<N-1>` (the `_m<i>` of their `trial_id` in
 --results): the config as `pack/configs/m<i>/<TrainConfig field>` (W&B shows it with dots), the
 metrics as `members/m<i>/<metric>` per epoch, beside the pack's `epoch`, `top1` (mean over the
-members), `top1_min`, `top1_max` and `live`. Search mode's single config is `config/<field>`.
+members), `top1_min`, `top1_max` and `live`. Search mode's sampled config is a pack of one,
+`pack/configs/m0/<field>`.
 
 Both flags are checked when the command line is parsed, before any work: the package is
 installed (else the `trackers` extra is named), the W&B project name is one W&B takes and it

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,20 @@ def _in_order(items: Any) -> list[Any]:
 
 
 def pack_configs(params: Mapping[str, Any]) -> list[TrainConfig]:
-    """The runs of one Tune trial: a table's pack ({"pack": {"configs": {"m0": {...}, ...}}})
-    or search mode's single sampled config ({"config": {...}})."""
+    """The runs of one Tune trial. Every trial has one param shape, a pack:
+    {"pack": {"size": N, "label": ..., "gpus": G, "configs": {"m0": {...}, ...}}} (search
+    mode's sampled config is a pack of one). Experiments started by an older version hold
+    {"config": {...}} for search mode; they are still read, to resume them."""
     if "pack" in params:
         return [TrainConfig.from_dict(d) for d in _in_order(params["pack"]["configs"])]
     return [TrainConfig.from_dict(params["config"])]
+
+
+def pack_params(cfgs: Sequence[Mapping[str, Any]], gpus: float, label: str) -> dict[str, Any]:
+    """A trial's params: its pack (configs as dicts, or search domains), what the pack's label
+    shows in the progress table, and the GPUs it asks for."""
+    return {"size": len(cfgs), "label": label, "gpus": gpus,
+            "configs": {member_key(i): dict(c) for i, c in enumerate(cfgs)}}
 
 
 def pack_members(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -81,17 +90,31 @@ def pack_members(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     return _in_order(result.get("members"))
 
 
+def gpus_for(share: float, size: int) -> float:
+    """GPUs a pack asks for: its runs' per-run share times their number, at most one GPU (a
+    pack of small runs fills one GPU instead of sharing it between processes)."""
+    return share if size == 1 else min(1.0, share * size)
+
+
 def pack_gpus(params: Mapping[str, Any]) -> float:
-    """GPUs a Tune trial asks for: its runs' per-run share times their number, at most one
-    GPU (a pack of small runs fills one GPU instead of sharing it between processes)."""
+    """GPUs a Tune trial asks for (its pack's `gpus`; an older experiment's from its "run")."""
+    if "pack" in params and "gpus" in params["pack"]:
+        return float(params["pack"]["gpus"])
     cfgs = pack_configs(params)
-    share = params["run"]["gpus"][cfgs[0].teacher]
-    return share if len(cfgs) == 1 else min(1.0, share * len(cfgs))
+    return gpus_for(params["run"]["gpus"][cfgs[0].teacher], len(cfgs))
 
 
-def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) -> None:
+def run_constants(cpus: float, results_dir: Path | str = "", fail_once_at_epoch: int = 0
+                  ) -> dict[str, Any]:
+    """What every trial of an experiment shares, given to the trainable through
+    tune.with_parameters (not the param space): CPUs per trial, --results, the fault switch."""
+    return {"cpus": cpus, "results": str(results_dir), "fail_once_at_epoch": fail_once_at_epoch}
+
+
+def run_trial(params: dict[str, Any], run: Mapping[str, Any] | None = None,
+              finished: frozenset[str] = frozenset()) -> None:
     """Tune's function trainable: one pack of TrainConfigs through the core train_pack(),
-    resumable.
+    resumable. `run`: the experiment's run_constants (an older experiment's are in params).
 
     `finished`: config hashes with a finished row in --results. A restored trial whose runs are
     all among them (its driver was killed after it ended, before Tune's experiment state said
@@ -102,7 +125,7 @@ def run_trial(params: dict[str, Any], finished: frozenset[str] = frozenset()) ->
     # building any TrainConfig imports it (the teacher-name check, qimera_core.teachers).
     from qimera_core.train import train_pack
     cfgs = pack_configs(params)
-    run = params["run"]
+    run = params.get("run") or run or {}
     # The whole pack trains unless every run of it is done (here, or by another driver since
     # planning); a run done elsewhere trains again, which costs time, not rows.
     if all(c.config_hash in finished or _finished_elsewhere(run.get("results", ""), c)
@@ -128,10 +151,15 @@ def _finished_elsewhere(results_dir: str, cfg: TrainConfig) -> bool:
     return cfg.config_hash in rows.recorded(Path(results_dir))[1]
 
 
-def trial_resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
-    return tune.PlacementGroupFactory([{"CPU": params["run"]["cpus"], "GPU": pack_gpus(params)}])
+def trial_resources(run: Mapping[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    """The resources of each trial: the experiment's CPUs per trial, its pack's GPUs."""
+    def resources(params: dict[str, Any]) -> tune.PlacementGroupFactory:
+        cpus = params["run"]["cpus"] if "run" in params else run["cpus"]
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": pack_gpus(params)}])
+    return resources
 
 
-def trainable(finished: frozenset[str] = frozenset()) -> Any:
-    return tune.with_parameters(tune.with_resources(run_trial, trial_resources),
-                                finished=finished)
+def trainable(run: Mapping[str, Any], finished: frozenset[str] = frozenset()) -> Any:
+    """run_trial with its resources, the run constants and the finished hashes bound."""
+    return tune.with_parameters(tune.with_resources(run_trial, trial_resources(run)),
+                                run=dict(run), finished=finished)

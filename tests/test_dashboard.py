@@ -105,11 +105,12 @@ def test_a_file_gone_between_glob_and_read_is_skipped(tmp_path):
 
 def test_results_callback_writes_each_reported_epoch_at_once(tmp_path):
     pytest.importorskip("ray")
+    from sweeps.trial import pack_params
     from sweeps.writer import ResultsWriter
 
     c = cfg(2, 0.1)
     trial = SimpleNamespace(trial_id="abc_00000",
-                            config={"config": c.to_dict(), "run": {"gpus": {c.teacher: 0.5}}})
+                            config={"pack": pack_params([c.to_dict()], 0.5, "")})
     writer = ResultsWriter("table9", tmp_path)
     for e in (1, 2):
         writer.on_trial_result(e, [trial], trial, {"epoch": e, "members": [metrics(e, 50.0)],

@@ -274,6 +274,18 @@ def test_settings_refused(kw, msg):
         race.Settings(**kw).check()
 
 
+def test_race_groups_are_keyed_by_block_and_their_cells_by_config_hash():
+    from sweeps import main as main_table
+    g9 = race.groups(table9.BLOCKS)
+    assert list(g9) == [b.row for b in table9.BLOCKS] and all(len(c) == 24 for c in g9.values())
+    gm = race.groups(main_table.BLOCKS[:12])          # two presets, six methods each
+    assert list(gm) == ["cifar10-resnet20-4w4a", "cifar10-resnet20-5w5a"]
+    cells = gm["cifar10-resnet20-4w4a"]
+    assert sorted(c.fields["method_label"] for c in cells) == \
+        ["AdaDFQ", "DSG", "GDFQ", "Qimera", "ZAQ", "ZeroQ"]
+    assert {c.key for c in cells} == {c.config.config_hash for c in cells}
+
+
 def test_race_cells_hash_like_the_fixed_plan():
     from sweeps.grid import plan
     groups = race.groups(chosen_blocks(table9.BLOCKS, offline=True))
@@ -310,7 +322,7 @@ def test_delta_at_least_the_papers_spread_refused(tmp_path):
                        timeout=120)
     err = [ln for ln in p.stderr.splitlines() if "error:" in ln]
     assert p.returncode == 2 and len(err) == 1, p.stderr
-    assert "--delta 2 is at least the whole spread of CIFAR-100 ResNet-20 4w4a" in err[0]
+    assert "--delta 2 is at least the whole spread of cifar100-resnet20-4w4a" in err[0]
     assert not (tmp_path / "r").exists()
 
 

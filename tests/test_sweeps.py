@@ -280,12 +280,19 @@ def test_pack_flag_and_auto_pack_sizes():
 
 def test_a_packs_rows_are_one_per_member(tmp_path):
     pytest.importorskip("ray")
-    from sweeps.trial import pack_gpus
+    from sweeps.trial import gpus_for, pack_configs, pack_gpus, pack_params
     from sweeps.writer import write_trial
     cfgs = [build("digits-smoke", mix_prob=p) for p in (0.1, 0.4)]
-    params = {"pack": {"configs": [c.to_dict() for c in cfgs]},
+    params = {"pack": pack_params([c.to_dict() for c in cfgs], gpus_for(0.25, 2), "p")}
+    assert pack_gpus(params) == 0.5 and pack_configs(params) == cfgs
+    assert set(params) == {"pack"}            # one shape; the run constants are not in it
+    # an experiment started by an older version: run constants and GPUs in the params, and
+    # search mode's {"config": ...}; still read, to resume it
+    legacy = {"pack": {"configs": [c.to_dict() for c in cfgs]},
               "run": {"gpus": {"digits_resnet8": 0.25}}}
-    assert pack_gpus(params) == 0.5
+    assert pack_gpus(legacy) == 0.5
+    old_search = {"config": cfgs[0].to_dict(), "run": {"gpus": {"digits_resnet8": 0.25}}}
+    assert pack_configs(old_search) == cfgs[:1] and pack_gpus(old_search) == 0.25
     last = {"epoch": 3, "time_total_s": 100.0, "device_name": "cpu",
             "members": [_metrics(3, 50.0), _metrics(3, 60.0)]}
     curves = {0: {e: _metrics(e, 40.0 + e) for e in (1, 2, 3)},
