@@ -39,7 +39,7 @@ PTQ_FIELDS = ("synth_iters", "synth_lr", "synth_patience", "synth_batches", "syn
 # Fields of one generator method each (baselines doc §3-4); every other method keeps them at
 # their defaults.
 ADADFQ_FIELDS = ("adadfq_alpha_ds", "adadfq_alpha_as", "adadfq_lambda_l", "adadfq_lambda_u",
-                 "adadfq_beta")
+                 "adadfq_beta", "adadfq_calibrate_twice")
 ZAQ_FIELDS = ("zaq_alpha", "zaq_beta", "zaq_student_steps", "student_train_mode",
               "zaq_official_normalize")
 METHOD_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
@@ -81,7 +81,8 @@ RUN_ONLY_FIELDS = ("device", "num_threads", "cache_dir")
 HASH_DEFAULTS: dict[str, Any] = {"act_quant_sites": "call_site", "tf32": "conv",
                                  "student_nesterov": True, "adadfq_alpha_ds": 0.2,
                                  "adadfq_alpha_as": 0.1, "adadfq_lambda_l": 0.1,
-                                 "adadfq_lambda_u": 0.8, "adadfq_beta": 1.0, "zaq_alpha": 1.0,
+                                 "adadfq_lambda_u": 0.8, "adadfq_beta": 1.0,
+                                 "adadfq_calibrate_twice": False, "zaq_alpha": 1.0,
                                  "zaq_beta": 0.1, "zaq_student_steps": 5,
                                  "student_train_mode": False, "zaq_official_normalize": False,
                                  "synth_iters": 500, "synth_lr": 0.5, "synth_patience": 100,
@@ -189,6 +190,10 @@ class TrainConfig:
                                      "normalised disagreement entropy")
     adadfq_lambda_u: float = _f(0.8, "adadfq: (lambda_u) upper bound of that margin")
     adadfq_beta: float = _f(1.0, "adadfq: (beta) weight of the two CE terms")
+    adadfq_calibrate_twice: bool = _f(False, "adadfq: in calibration epochs, the warm-up's "
+                                             "calibration forward moves the ranges besides the "
+                                             "generator step's student forward (AdaDFQ's code: "
+                                             "two range updates a step, the others one)")
 
     # ZAQ (baselines doc §3)
     zaq_alpha: float = _f(1.0, "zaq: (alpha) weight of the stage-attention discrepancy (SCRM)")

@@ -195,7 +195,10 @@ class Trial:
             loss_s.sum().backward()
             self.opt_s.step()
             out.update(loss_s=loss_s.detach(), loss_kd=kd.detach(), loss_s_ce=s_ce.detach())
-        elif calibrate and not train_student:   # warm-up: the forward only moves the ranges
+        elif calibrate and not train_student and (not through_student
+                                                  or cfg.adadfq_calibrate_twice):
+            # warm-up: a forward that only moves the ranges (a method whose generator step ran
+            # the student has moved them once already; AdaDFQ's code moves them twice)
             with torch.no_grad():
                 self._s(x)
         mark("student")

@@ -198,6 +198,17 @@ def test_adadfq_student_loss_reuses_the_generator_steps_forward(teacher_file):
     assert g._s.calls == 1                    # (GDFQ's one forward is the student step's)
 
 
+@pytest.mark.parametrize("twice, forwards", [(False, 1), (True, 2)])
+def test_adadfq_moves_the_ranges_once_a_warm_up_step_unless_told_twice(teacher_file, twice,
+                                                                        forwards):
+    # like every method here, one range update per step; AdaDFQ's code makes two (a switch)
+    t = Trial(cfg(teacher_file, "adadfq", adadfq_calibrate_twice=twice), CPU)
+    t.set_calibration(True)
+    t._s = Counting(t._s)
+    t.step(False, True)
+    assert t._s.calls == forwards
+
+
 @pytest.mark.parametrize("method", ["adadfq", "zaq"])
 def test_a_pack_of_two_equals_the_two_lone_runs(teacher_file, method):
     cfgs = [cfg(teacher_file, method, seed=s) for s in (0, 1)]
