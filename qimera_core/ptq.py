@@ -134,7 +134,7 @@ def run_pack(cfgs: Sequence[TrainConfig], out_dir: Path, report: Reporter = log_
 
 def _sgd(cfg: TrainConfig, s: pack.One | pack.Stack) -> torch.optim.Optimizer:
     return torch.optim.SGD(s.parameters(), lr=cfg.lr_student, momentum=cfg.momentum,
-                           nesterov=True, weight_decay=cfg.weight_decay)
+                           nesterov=cfg.student_nesterov, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
