@@ -129,6 +129,9 @@ def test_summary_tables_every_part_and_the_headline_ratios(tmp_path):
     put("curve", {"rows": rows, "stop": "largest size tried (8)"})
     put("procs", {"procs": 4, "alone_steps_per_s": 40.0, "procs_trial_steps_per_s": 80.0})
     put("compile", {"backend": "inductor", "n": 8, "eager_ms_per_step": 60.0})
+    put("synthesis", {"method": "zeroq", "teacher": "resnet18", "batch": 64, "seeds": 4,
+                      "lone_images_per_s": 100.0, "packed_images_per_s": 250.0,
+                      "speedup": 2.5})
     (tmp_path / "parts.jsonl").write_text(
         '{"part": "pair", "rc": 0, "seconds": 12, "why": ""}\n'
         '{"part": "compile", "rc": 124, "seconds": 90, "why": "timed out after 90 s"}\n'
@@ -143,6 +146,7 @@ def test_summary_tables_every_part_and_the_headline_ratios(tmp_path):
     assert "timed out after 90 s" in text and "skipped: under 20 s left" in text
     assert "compilation did not finish (timeout)" in text
     assert d["parts"]["convs"] is None and "no JSON written" in text
+    assert h["synthesis_packed_x_lone"] == 2.5 and "packed 250 image-iterations/s (2.50x)" in text
 
 
 @pytest.mark.slow
