@@ -217,7 +217,9 @@ class Trial:
                 flat = images.flatten(0, 1)
                 if cfg.channels_last:
                     flat = flat.contiguous(memory_format=torch.channels_last)
-                t, _, t_feats = self._teacher(flat, n)
+                # the teacher alone: this step uses no BN statistics (no hooks recording)
+                t, feats = forward_with_taps(self.teacher, self.stages, flat)
+                t_feats = tuple(f.view(n, -1, *f.shape[1:]) for f in feats)
             x = images.float() if images.dtype == torch.bfloat16 else images
             s, s_feats = self._student(x)
             t = t.view(n, -1, t.shape[-1]).float()
