@@ -265,23 +265,30 @@ def _not_run_notes(cells: pd.DataFrame, index: list[str], rename: dict[str, str]
     return notes
 
 
-def tie_note(cells: pd.DataFrame, alpha: float) -> str:
+def tie_note(cells: pd.DataFrame, alpha: float, race: RaceLog | None = None) -> str:
     """What bold and the mark mean, and how much the table's seeds can tell apart."""
     ours = cells[(cells["kind"] == "ours") & (cells["n"] > 0)]
+    level = raced.bold_alpha(race, alpha)
+    whole = float(race.settings.get("alpha", stats.ALPHA)) if race else alpha
+    at = (f"at {level:.2g}, one more look of the race (so that, with the cells it put out, "
+          f"every truly best cell is bold and not put out with probability at least "
+          f"{1 - whole:.0%})" if race else
+          f"at {alpha:g}, so every truly best cell is bold with probability at least "
+          f"{1 - alpha:.0%}")
     text = (f"{TOP_MARK}: best mean. Bold: could be the best of its block: no other cell is "
-            f"above it by bounds that hold for all the block's pairs at once at {alpha:g} "
-            f"(paired by seed, and pooled over the block's seed-blocked model; Bonferroni over "
-            f"the ordered pairs), so every truly best cell is bold with probability at least "
-            f"{1 - alpha:.0%}; bold is not a claim of equality.")
+            f"above it by bounds that hold for all the block's pairs at once (paired by seed, "
+            f"and pooled over the block's seed-blocked model; Bonferroni over the ordered "
+            f"pairs), {at}; bold is not a claim of equality.")
     if not ours.empty and (ours["n"] < 2).all():
         text += " Every cell has one seed: no test is possible, so no cell is told apart."
     return text
 
 
 def _notes(cells: pd.DataFrame, trials: pd.DataFrame, index: list[str], rename: dict[str, str],
-           metric: str, unrun: list[str], alpha: float = stats.ALPHA) -> list[str]:
+           metric: str, unrun: list[str], alpha: float = stats.ALPHA,
+           race: RaceLog | None = None) -> list[str]:
     notes = data_notes(trials)
-    notes.append(tie_note(cells, alpha))
+    notes.append(tie_note(cells, alpha, race))
     if metric != "top1":
         notes.append(f"Cells are {METRICS[metric]}.")
     if ((cells["kind"] == "paper") & (cells["status"] == "paper")).any():
@@ -334,7 +341,8 @@ def finish(name: str, title: str, trials: pd.DataFrame, cells: pd.DataFrame,
             race: RaceLog | None = None) -> PaperTable:
     if not 0 < alpha < 1:
         raise AnalysisError(f"--alpha must be in (0, 1), got {alpha:g}")
-    _mark_ties(cells, bold_by, alpha)
+    level = raced.bold_alpha(race, alpha)
+    _mark_ties(cells, bold_by, level)
     cells["metric"], cells["seeds"] = metric, seeds
     cells["race_out"] = raced.outcomes(cells, race)
     # A cell the race put out was found worse than that round's best by the same test: not
@@ -343,7 +351,7 @@ def finish(name: str, title: str, trials: pd.DataFrame, cells: pd.DataFrame,
     cells["text"] = [_text(c, seeds, compare) for _, c in cells.iterrows()]
     cells.insert(0, "table", name)
     frame, bold, top = _layout(cells, index, rename)
-    notes = _notes(cells, trials, index, rename, metric, unrun, alpha)
+    notes = _notes(cells, trials, index, rename, metric, unrun, alpha, race)
     notes += raced.notes(cells, race)
     return PaperTable(name=name, title=title, frame=frame, bold=bold, top=top,
                       cells=cells.drop(columns=[c for c in cells if c.startswith("_")]),

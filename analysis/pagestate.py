@@ -158,7 +158,7 @@ def _table_state(name: str, everything: pd.DataFrame, results: Results) -> dict 
     # The notes that are about the data; a note per cell would repeat the cell's hover text,
     # and while trials run, its gaps say "not run" of cells that are only pending.
     notes = data_notes(mine[mine["status"] != "pending"])
-    notes.append(tie_note(cells, final.alpha))
+    notes.append(tie_note(cells, final.alpha, race))
     resolves = resolve.resolve(final).lines() if not final.samples.empty else []
     if race:
         resolves += [f"race: {line}" for line in race_lines(race)]

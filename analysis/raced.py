@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import pandas as pd
 
+from . import stats
 from .racelog import RaceLog
+
+
+def bold_alpha(race: RaceLog | None, alpha: float) -> float:
+    """The level of a table's bold: `alpha`, or for a raced table one more look of the race (the
+    share of the race's alpha after its last look), so that every cell the race put out and the
+    table's bold hold together at the race's alpha."""
+    if not race or not race.groups:
+        return alpha
+    looks = max(g.round for g in race.groups)
+    return stats.look_alpha(float(race.settings.get("alpha", stats.ALPHA)), looks + 1)
 
 
 def outcomes(cells: pd.DataFrame, race: RaceLog | None) -> list[str]:
@@ -35,7 +46,9 @@ def notes(cells: pd.DataFrame, race: RaceLog | None) -> list[str]:
             "was above it by bounds that hold for every cell and every look of the race "
             "together at that alpha (look r spends 6·alpha/(π²·r²) of it): a claim for the "
             "whole race. Its mean rests on fewer seeds and is biased low (it stopped because "
-            "it looked bad).")
+            f"it looked bad). Bold is one more look of the race (at "
+            f"{bold_alpha(race, stats.ALPHA):.2g}), so the cells put out and bold hold together "
+            f"at {s.get('alpha')}.")
     stop = race.stop
     out_notes = [note + (f" Stopped: {stop}." if stop else " Still running.")]
     for g in race.groups:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, special
 from scipy import stats as sps
 
 ALPHA = 0.05
@@ -49,7 +49,19 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return m - half, m + half
 
 
+def look_alpha(alpha: float, look: int) -> float:
+    """A race's share of alpha at look r = 1, 2, ...: 6 alpha / (pi^2 r^2), summing to alpha."""
+    return 6.0 * alpha / (math.pi ** 2 * look ** 2)
+
+
 # ---- which cells could be the best: simultaneous bounds on every pairwise difference ----------
+def t_upper(share: float, df: np.ndarray | float) -> np.ndarray:
+    """The Student-t quantile with `share` above it (scipy.stats.t.ppf(1 - share, df)), by
+    scipy.special's ufunc: the same numbers, without the distribution wrapper's overhead that a
+    race pays at every look (nan where df < 1)."""
+    return -special.stdtrit(df, share)
+
+
 def resolution(values: Sequence[float] | np.ndarray) -> float:
     """The finest step between the distinct values: a recorded accuracy is a count over a test
     set (0.1 points on 1000 images), so two values that look equal may differ by less than this
@@ -75,16 +87,36 @@ def additive_fit(y: np.ndarray) -> tuple[np.ndarray, float, int]:
         resid = z - cell[:, None] - seed[None, :]
         out[rows] = cell
         return out, float((resid ** 2).sum()), (k - 1) * (s - 1)
-    ci, si = np.nonzero(m)
-    x = np.zeros((len(ci), k + s - 1))
-    x[np.arange(len(ci)), ci] = 1.0
-    keep = si > 0                                        # seed 0 is the reference level
-    x[np.flatnonzero(keep), k + si[keep] - 1] = 1.0
-    coef, _, rank, _ = np.linalg.lstsq(x, z[ci, si], rcond=None)
-    resid = z[ci, si] - x @ coef
-    seed = np.concatenate([[0.0], coef[k:]])
-    out[rows] = coef[:k] + seed.mean()
-    return out, float(resid @ resid), int(len(ci) - rank)
+    # unbalanced: the normal equations with the cell effects eliminated (a seeds x seeds system,
+    # seed 0 the reference level), which a race's many looks can afford; the same fit as least
+    # squares on the design matrix (tests/test_stats.py checks it against statsmodels' OLS)
+    w = m.astype(float)
+    zz = np.where(m, z, 0.0)
+    n, c = w.sum(1), w.sum(0)
+    r_cell, r_seed = zz.sum(1), zz.sum(0)
+    schur = np.diag(c) - w.T @ (w / n[:, None])
+    rhs = r_seed - w.T @ (r_cell / n)
+    sol, _, rank, _ = np.linalg.lstsq(schur[1:, 1:], rhs[1:], rcond=None)
+    seed = np.concatenate([[0.0], sol])
+    cell = (r_cell - w @ seed) / n
+    resid = (z - cell[:, None] - seed[None, :])[m]
+    out[rows] = cell + seed.mean()
+    return out, float(resid @ resid), int(m.sum() - k - rank)
+
+
+_FITS: dict[tuple, tuple[np.ndarray, float, int]] = {}
+
+
+def cached_fit(y: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """`additive_fit`, remembered for the last few matrices: a race's look asks for the same fit
+    three times (its bounds, the seed-adjusted means, the screen)."""
+    key = (y.shape, y.tobytes())
+    if key not in _FITS:
+        if len(_FITS) >= 8:
+            _FITS.pop(next(iter(_FITS)))
+        _FITS[key] = additive_fit(y)
+    adj, rss, df = _FITS[key]
+    return adj.copy(), rss, df
 
 
 @dataclass(frozen=True)
@@ -118,16 +150,18 @@ class Bounds:
 
 
 def pair_bounds(y: np.ndarray, alpha: float = ALPHA, const: np.ndarray | None = None,
-                keys: Sequence[object] | None = None) -> Bounds:
+                keys: Sequence[object] | None = None, *, each: bool = False) -> Bounds:
     """`Bounds` of the cells y[cell, seed] (nan = no finite value at that seed); `const[i]`, when
     not nan, makes cell i a reported constant (a paper baseline) instead of seeds. Every cell
-    given must have a value (a constant, or at least one finite seed)."""
+    given must have a value (a constant, or at least one finite seed). `each=True` puts every
+    one-sided bound at `alpha` itself (no Bonferroni split): per-comparison bounds, which hold
+    for no family; the race uses them only to choose where seeds go."""
     with np.errstate(invalid="ignore", divide="ignore"):   # n = 0 (constants) is masked out
-        return _pair_bounds(y, alpha, const, keys)
+        return _pair_bounds(y, alpha, const, keys, each)
 
 
 def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
-                 keys: Sequence[object] | None) -> Bounds:
+                 keys: Sequence[object] | None, each: bool = False) -> Bounds:
     y = np.asarray(y, dtype=float)
     k = len(y)
     const = np.full(k, np.nan) if const is None else np.asarray(const, dtype=float)
@@ -140,8 +174,8 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(is_c, const, np.nansum(y, 1) / n)
     h = resolution(y[has])
-    pairs = k * (k - 1)
-    a_half = alpha / (2 * max(pairs, 1))
+    pairs = 1 if each else k * (k - 1)
+    a_half = alpha if each else alpha / (2 * max(pairs, 1))
     floor_d, floor_v = h * h / 6, h * h / 12          # a difference of two roundings; one
     upper = np.full((k, k), math.inf)
     p = np.ones((k, k))
@@ -151,8 +185,8 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
     def bound(d, se, df, share, name, where):
         """Put a one-sided bound in where it is lower than the one already there."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            u = d + sps.t.ppf(1 - share, df) * se
-            pv = np.minimum(1.0, (alpha / share) * sps.t.cdf(d / se, df)) \
+            u = d + t_upper(share, df) * se
+            pv = np.minimum(1.0, (alpha / share) * special.stdtr(df, d / se)) \
                 if share else np.ones_like(d)
             pv = np.where(se > 0, pv, np.where(d < 0, 0.0, 1.0))
         better = where & (u < upper)
@@ -170,7 +204,7 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
         var = (((dsum - dbar[..., None]) * both) ** 2).sum(-1) / (nc - 1)
     paired = (nc >= 2) & ~is_c[:, None] & ~is_c[None, :]
     diff = np.where(nc >= 1, dbar, diff)
-    names = np.array([[f"paired (n={c})" for c in row] for row in nc], dtype=object)
+    names = np.array([f"paired (n={c})" for c in range(int(nc.max()) + 1)], dtype=object)[nc]
     bound(diff, np.sqrt(np.maximum(var, floor_d) / nc), nc - 1, a_half, names, paired)
     # no common seed: Welch on the plain means
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -184,7 +218,7 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
     # against a constant: a one-sample bound, the pair's whole share
     one = ~is_c & (n >= 2)
     se1 = np.sqrt(v)
-    a_one = alpha / max(pairs, 1)
+    a_one = alpha if each else alpha / max(pairs, 1)
     bound(diff, np.broadcast_to(se1[:, None], (k, k)), np.broadcast_to(n[:, None] - 1, (k, k)),
           a_one, "one-sample", one[:, None] & is_c[None, :])
     bound(diff, np.broadcast_to(se1[None, :], (k, k)), np.broadcast_to(n[None, :] - 1, (k, k)),
@@ -195,7 +229,7 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
     samples = ~is_c
     pooled_sd, pooled_df = math.nan, 0
     if samples.sum() >= 2:
-        adj, rss, pooled_df = additive_fit(y[samples])
+        adj, rss, pooled_df = cached_fit(y[samples])
         if pooled_df >= 1:
             pooled_sd = math.sqrt(max(rss / pooled_df, floor_v))
             idx = np.flatnonzero(samples)
@@ -207,8 +241,8 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
             d = np.where(ncs >= 1, diff[sub], adj[:, None] - adj[None, :])
             u_sub, p_sub, t_sub = upper[sub], p[sub], test[sub]
             with np.errstate(invalid="ignore", divide="ignore"):
-                u = d + sps.t.ppf(1 - a_half, pooled_df) * se
-                pv = np.minimum(1.0, 2 * max(pairs, 1) * sps.t.cdf(d / se, pooled_df))
+                u = d + t_upper(a_half, pooled_df) * se
+                pv = np.minimum(1.0, (alpha / a_half) * special.stdtr(pooled_df, d / se))
             better = u < u_sub
             u_sub[better], t_sub[better] = u[better], f"pooled (df={pooled_df})"
             upper[sub], test[sub], p[sub] = u_sub, t_sub, np.minimum(p_sub, pv)
@@ -226,7 +260,8 @@ def _has_value(c: Cell) -> bool:
     return c is not None and math.isfinite(float(c))
 
 
-def cell_bounds(cells: Mapping[object, Cell], alpha: float = ALPHA) -> Bounds:
+def cell_bounds(cells: Mapping[object, Cell], alpha: float = ALPHA, *, each: bool = False
+                ) -> Bounds:
     """`pair_bounds` of cells given as seed -> value mappings (or constants); cells without a
     finite value are left out (a NaN never decides)."""
     keys = [k for k, c in cells.items() if _has_value(c)]
@@ -240,7 +275,7 @@ def cell_bounds(cells: Mapping[object, Cell], alpha: float = ALPHA) -> Bounds:
                 y[i, col[s]] = v
         else:
             const[i] = float(cells[k])
-    return pair_bounds(y, alpha, const, keys)
+    return pair_bounds(y, alpha, const, keys, each=each)
 
 
 def seed_adjusted_means(cells: Mapping[object, Mapping[int, float]]) -> dict[object, float]:
@@ -254,7 +289,7 @@ def seed_adjusted_means(cells: Mapping[object, Mapping[int, float]]) -> dict[obj
     for i, k in enumerate(keys):
         for s, v in finite(cells[k]).items():
             y[i, col[s]] = v
-    adj = additive_fit(y)[0]
+    adj = cached_fit(y)[0]
     return {k: float(adj[i]) for i, k in enumerate(keys)}
 
 

@@ -56,11 +56,19 @@ def add_race_flags(p: argparse.ArgumentParser) -> None:
                    help="points: the race stops when no cell can beat its pick by delta or "
                         "more (default 0.25)")
     g.add_argument("--race-width", dest="width", type=int, default=None,
-                   help="challengers that get seeds each round beside the best, those with "
-                        "the highest upper bound (default 3: a round of 4 cells is one pack "
-                        "on a GPU); 0 = every survivor")
+                   help="challengers that get seeds each round beside the pick, those with "
+                        "the highest upper bound (default 0 = every cell that could still "
+                        "beat the pick; 3 makes a round of 4 cells, one pack on a GPU)")
     g.add_argument("--race-step", dest="step", type=int, default=None,
-                   help="seeds per chosen cell per round (default 1)")
+                   help="seeds per chosen cell per round, at least (default 1)")
+    g.add_argument("--race-growth", dest="growth", type=float, default=None,
+                   help="a chosen cell's seeds grow by this fraction a round when that is "
+                        "more than --race-step (default 0.25: fewer, larger rounds)")
+    g.add_argument("--race-screen", dest="screen", type=float, default=None,
+                   help="where seeds go: a cell gets more only while its per-comparison upper "
+                        "bound at this level says it could beat the pick by delta (default "
+                        "0.01; 0 = the race's own simultaneous bounds). It decides nothing: "
+                        "cells go out only by the race's bounds")
     g.add_argument("--race-stop", dest="stop", choices=("best", "tost"), default=None,
                    help="best (default): stop when no cell can beat the pick by delta; tost: "
                         "when every survivor is within ±delta of it")

@@ -9,8 +9,17 @@ survivor with the best seed-adjusted mean. The race stops when no other cell, al
 can beat the pick by `delta` or more (its upper bound of mu_j - mu_pick is below delta: the
 pick is delta-good at 1 - alpha; LUCB, Kalyanakrishnan et al. 2012), or, with `stop="tost"`,
 when every survivor is within +-delta of the pick; when one cell is left; when every cell that
-blocks the stop has `max_seeds`; or before a round that would pass a budget. Only the pick and
-the cells that still block the stop get seeds (the `width` with the highest bounds).
+could still beat the pick has `max_seeds`; when none could at the screen (below); or before a
+round that would pass a budget.
+
+Where seeds go is a separate, cheaper question than what the race may claim: only the pick and
+the survivors that could still beat it by delta get seeds, judged by per-comparison bounds at
+`screen` (0.01; 0 = the race's own simultaneous bounds), `width` of them at most (0 = all), each
+`max(step, ceil(growth x its seeds))` more. The screen decides nothing: no cell goes out by it,
+and a race it ends says so (a stop, not a claim at alpha). Bounds that hold for the whole race
+need hundreds of seeds to clear a cell within delta of the pick; the screen lets a cell that is
+very likely below wait, which is what makes the race cheaper than a fixed design
+(docs/statistics.md, bench/racing.py).
 
 All groups of a table race in lockstep, one round at a time, under one budget: the next
 round's cost over every group (a winner's re-measure seeds included) is estimated from the
@@ -45,9 +54,15 @@ STOPS = ("best", "tost")
 # Settings' (the last two only steer the driver).
 RACE_FLAGS = (("n0", "--n0"), ("max_seeds", "--max-seeds"), ("alpha", "--alpha"),
               ("delta", "--delta"), ("width", "--race-width"), ("step", "--race-step"),
+              ("screen", "--race-screen"), ("growth", "--race-growth"),
               ("stop", "--race-stop"), ("budget_gpu_hours", "--budget-gpu-hours"),
               ("budget_hours", "--budget-hours"), ("remeasure", "--remeasure"),
               ("max_rounds", "--max-rounds"), ("kill_after_round", "--kill-after-round"))
+
+
+# What a log written before a setting existed ran with: the screen and the growth came later (a
+# race from then continues with --race-screen 0 --race-growth 0 and its --race-width).
+LOGGED_BEFORE = {"screen": 0.0, "growth": 0.0}
 
 
 class RaceError(ValueError):
@@ -60,8 +75,10 @@ class Settings:
     max_seeds: int = 20            # seeds a cell gets at most
     alpha: float = stats.ALPHA     # level of the whole race: every elimination and the stop
     delta: float = 0.25            # points: the pick is delta-good when no cell can beat it by this
-    width: int = 3                 # challengers per round beside the best; 0 = every survivor
-    step: int = 1                  # seeds per chosen cell per round
+    width: int = 0                 # challengers per round beside the best; 0 = every one
+    screen: float = 0.01           # where seeds go: per-comparison level (0 = the race's bounds)
+    step: int = 1                  # seeds per chosen cell per round, at least
+    growth: float = 0.25           # ... or this fraction of the cell's seeds, if more
     stop: str = "best"             # best: mu_j - mu_pick < delta for every j; tost: |.| < delta
     budget_gpu_hours: float | None = None   # None = no budget
     budget_hours: float | None = None       # wall-clock hours of the race; None = no budget
@@ -80,6 +97,12 @@ class Settings:
             raise RaceError(f"--alpha must be in (0, 1) (e.g. 0.05), got {self.alpha:g}")
         if self.delta <= 0:
             raise RaceError(f"--delta must be > 0 points, got {self.delta:g}")
+        if not 0 <= self.screen < 1:
+            raise RaceError(f"--race-screen must be in [0, 1) (a per-comparison level such as "
+                            f"0.05; 0 = the race's own simultaneous bounds), got {self.screen:g}")
+        if not 0 <= self.growth <= 4:
+            raise RaceError(f"--race-growth must be in [0, 4] (a chosen cell's seeds grow by "
+                            f"this fraction a round, e.g. 0.5), got {self.growth:g}")
         if self.width < 0 or self.step < 1:
             raise RaceError(f"--race-width must be >= 0 and --race-step >= 1, got "
                             f"{self.width} and {self.step}")
@@ -169,9 +192,7 @@ def _cost(done: pd.DataFrame, hashes: Sequence[str]) -> tuple[float, float, floa
             float(rows["wall_time_s"].fillna(0).sum()) / 3600, max(0.0, wall) / 3600)
 
 
-def look_alpha(alpha: float, look: int) -> float:
-    """The share of alpha spent at look r = 1, 2, ...: 6 alpha / (pi^2 r^2), summing to alpha."""
-    return 6.0 * alpha / (math.pi ** 2 * look ** 2)
+look_alpha = stats.look_alpha     # the share of alpha spent at look r (analysis shares it)
 
 
 @dataclass(frozen=True)
@@ -231,15 +252,34 @@ def decide(values: Mapping[str, Mapping[int, float]], alive: Sequence[str],
         block = [k for k in keys if k != pick and not upper[k] < s.delta]
         if not block:
             return decision(f"no other cell can beat the pick by {s.delta:g} or more", {})
-    room = {k: min(s.step, s.max_seeds - n[k]) for k in survivors}
-    challengers = sorted((k for k in block if k in room and room[k] > 0),
-                         key=lambda k: -upper[k])
+    # where seeds go: the survivors that could still beat the pick by delta. With a screen, by
+    # per-comparison bounds at that level (a cell the race's bounds cannot yet clear, but which
+    # is very likely not above the pick, waits); they only steer seeds, they decide nothing
+    if s.screen:
+        sb = stats.cell_bounds({k: values[k] for k in keys}, s.screen, each=True)
+        sat = {k: i for i, k in enumerate(sb.keys)}
+        lead = {k: float(sb.upper[sat[k], sat[pick]]) for k in survivors if k != pick}
+        trail = {k: float(sb.upper[sat[pick], sat[k]]) for k in lead}
+        contend = [k for k in block if k in lead and (
+            lead[k] >= s.delta or (s.stop == "tost" and trail[k] >= s.delta))]
+        if not contend:
+            return decision(f"no survivor could beat the pick by {s.delta:g} at the screen's "
+                            f"per-comparison level {s.screen:g} (where seeds go; not a claim "
+                            f"at alpha)", {})
+    else:
+        lead, contend = upper, [k for k in block if k in survivors]
+        if not contend:
+            return decision("only cells already out still block the stop (they get no seeds)",
+                            {})
+    room = {k: min(max(s.step, math.ceil(s.growth * n[k])), s.max_seeds - n[k])
+            for k in survivors}
+    challengers = sorted((k for k in contend if room[k] > 0), key=lambda k: -lead[k])
     if s.width:
         challengers = challengers[:s.width]
-    chosen = ([pick] if room[pick] > 0 else []) + challengers
-    if not chosen:
+    if not challengers:
         return decision(f"every cell that could still beat the pick by {s.delta:g} has "
                         f"{s.max_seeds} seeds (--max-seeds)", {})
+    chosen = ([pick] if room[pick] > 0 else []) + challengers
     return decision("", {k: room[k] for k in chosen})
 
 
@@ -381,7 +421,8 @@ def check_delta(s: Settings, spreads: Mapping[str, float]) -> None:
 
 def describe(s: Settings) -> str:
     text = (f"n0={s.n0}, max {s.max_seeds} seeds, alpha={s.alpha:g}, delta={s.delta:g}, "
-            f"width={s.width or 'all'}, stop={s.stop}")
+            f"width={s.width or 'all'}, screen={s.screen:g}, growth={s.growth:g}, "
+            f"stop={s.stop}")
     for name, v in (("GPU-h budget", s.budget_gpu_hours), ("h budget", s.budget_hours)):
         if v:
             text += f", {v:g} {name}"

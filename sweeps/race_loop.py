@@ -165,8 +165,8 @@ def _race_name(table: str, args: argparse.Namespace, prefix: str, results_dir: P
                             "--resume (finished trials in --results are reused)")
         return experiment_name(args, prefix)
     mine = dataclasses.asdict(settings)
-    diff = [f"{k}={mine[k]} (logged {old['settings'].get(k)})" for k in mine
-            if old["settings"].get(k) != mine[k]]
+    logged = {**race.LOGGED_BEFORE, **old["settings"]}
+    diff = [f"{k}={mine[k]} (logged {logged.get(k)})" for k in mine if logged.get(k) != mine[k]]
     diff += [f"{k}={plan[k]} (logged {old['plan'].get(k)})" for k in plan
              if old["plan"].get(k) != plan[k]]
     if diff:

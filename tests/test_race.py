@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from analysis import stats
 from qimera_core.config import build
@@ -95,6 +96,61 @@ def test_the_best_stop_is_delta_good_and_tost_and_max_seeds():
     assert "within ±0.25 of the pick" in look(vals, race.Settings(stop="tost")).stop
     noisy = {"a": {0: 70.0, 1: 75.0, 2: 65.0}, "b": {0: 69.0, 1: 76.0, 2: 64.0}}
     assert "has 3 seeds (--max-seeds)" in look(noisy, race.Settings(n0=3, max_seeds=3)).stop
+
+
+def test_the_screen_steers_seeds_and_decides_nothing():
+    # c is about 1 point below a on every seed: the race's simultaneous bounds cannot yet put
+    # it out or clear it, the per-comparison screen at 0.01 says it will not beat a by delta
+    base = np.array([70.0, 72.0, 68.0, 71.0])
+    vals = {"a": dict(enumerate(base)),
+            "b": dict(enumerate(base + [-0.6, 0.9, -0.8, 0.3])),
+            "c": dict(enumerate(base - 1.0 + [0.45, -0.4, 0.35, -0.4]))}
+    plain, screened = look(vals, race.Settings(screen=0.0)), look(vals, race.Settings())
+    # the same decisions: who is out, the pick, the race's bounds
+    assert plain.out == screened.out == {} and plain.pick == screened.pick == "a"
+    assert plain.upper == screened.upper and plain.upper["c"] >= 0.25
+    assert "c" in plain.more and "c" not in screened.more and "b" in screened.more
+    # the screen's bound of mu_c - mu_a by hand: the lower of the paired t bound at 0.01 and
+    # the pooled one (seed-blocked residual variance, df (3 - 1)(4 - 1) = 6)
+    d = np.array([vals["c"][j] - vals["a"][j] for j in range(4)])
+    paired = d.mean() + sps.t.ppf(0.99, 3) * d.std(ddof=1) / 2
+    y = np.array([[vals[k][j] for j in range(4)] for k in "abc"])
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    pooled = d.mean() + sps.t.ppf(0.99, 6) * math.sqrt((resid ** 2).sum() / 6 * 2 / 4)
+    sb = stats.cell_bounds(vals, 0.01, each=True)
+    assert sb.upper[2, 0] == pytest.approx(min(paired, pooled)) and min(paired, pooled) < 0.25
+
+
+def test_the_screen_stop_is_not_a_claim_and_growth_sizes_rounds():
+    jitter = [[0, 0.1, -0.1], [0.1, -0.1, 0], [-0.1, 0, 0.1]]
+    vals = {k: {s: [70.0, 69.9, 69.8][i] + [0, 3, -3][s] + jitter[i][s] for s in range(3)}
+            for i, k in enumerate("abc")}
+    d = look(vals, race.Settings(screen=0.05))
+    assert not d.out and d.upper["b"] >= 0.25                 # no claim at alpha can be made
+    assert "at the screen's per-comparison level 0.05" in d.stop and "not a claim" in d.stop
+    assert look(vals).stop == ""                              # at 0.01, b still contends
+    noisy = {"a": {0: 70.0, 1: 75.0, 2: 65.0, 3: 71.0}, "b": {0: 69.0, 1: 76.0, 2: 64.0, 3: 70.5}}
+    n = {"a": 8, "b": 8}
+    assert look(noisy, race.Settings(growth=0.25), n=n).more == {"a": 2, "b": 2}  # ceil(8/4)
+    assert look(noisy, race.Settings(growth=0.5, max_seeds=11), n=n).more == {"a": 3, "b": 3}
+    assert look(noisy, race.Settings(growth=0.0, step=2), n=n).more == {"a": 2, "b": 2}
+    with pytest.raises(race.RaceError, match="--race-screen must be in"):
+        race.Settings(screen=1.0).check()
+    with pytest.raises(race.RaceError, match="--race-growth must be in"):
+        race.Settings(growth=-1).check()
+
+
+def test_a_raced_tables_bold_is_one_more_look_of_the_race():
+    from analysis import raced
+    from analysis.racelog import GroupLog, RaceLog
+    groups = [GroupLog(group=g, round=r, stop="", winner="", remeasured={}, todo=0, seeds={})
+              for g, r in (("A", 4), ("B", 6))]
+    log = RaceLog(table="table9", name="t", plan={}, settings={"alpha": 0.05}, rounds=[],
+                  stop="", groups=groups)
+    assert raced.bold_alpha(log, 0.05) == pytest.approx(6 * 0.05 / (math.pi ** 2 * 7 ** 2))
+    assert raced.bold_alpha(None, 0.1) == 0.1
+    # the race's looks and the table's bold together spend at most alpha
+    assert sum(race.look_alpha(0.05, r) for r in range(1, 8)) < 0.05
 
 
 def test_out_cells_stay_out_and_still_bound_the_pick():
@@ -221,11 +277,14 @@ def test_one_budget_for_the_whole_race_across_groups():
     value = lambda i, s: [70.0, 69.9, 69.8][i] + [0, 3, -3][s] + jitter[i][s]  # noqa: E731
     rows = pd.concat([done_rows(a, value, 3, gpu_s=360.0), done_rows(b, value, 3, gpu_s=360.0)])
     # 18 trials x 0.1 GPU-h = 1.8 used; the next round (two groups) would pass 2.2
-    states = race.replay({"A": a, "B": b}, rows, race.Settings(n0=3, budget_gpu_hours=2.2))
+    # (screen=0: at the default screen these consistent 0.1-point gaps already end the race)
+    states = race.replay({"A": a, "B": b}, rows, race.Settings(n0=3, budget_gpu_hours=2.2,
+                                                                screen=0.0))
     assert all("would pass --budget-gpu-hours 2.2" in st.stop for st in states)
     assert all("whole race" in st.stop and not st.todo for st in states)
     # per group each would fit (0.9 + 0.4 < 2.2): only the whole race's count stops it
-    states = race.replay({"A": a, "B": b}, rows, race.Settings(n0=3, budget_gpu_hours=5.0))
+    states = race.replay({"A": a, "B": b}, rows, race.Settings(n0=3, budget_gpu_hours=5.0,
+                                                                screen=0.0))
     assert not any(st.stop for st in states) and all(st.todo for st in states)
 
 
