@@ -4,6 +4,11 @@ epoch, 12 epochs, warm-up 4, 4w4a. Each method's seeds run as one pack; prints e
 start top-1 (the end of the warm-up) and final top-1 per seed (and --json).
 
     python bench/generator_fidelity.py [--shared ../shared/data] [--seeds 3] [--json out.json]
+    python bench/generator_fidelity.py --methods zaq --work-dir /work/runs/gf   # resumable
+
+With `--work-dir`, each method's pack writes its checkpoints to DIR/<method> and a later run with
+the same flags continues from there (a kill at any point ends with the same figures as an
+uninterrupted run, as every trial does); without it, a temporary directory.
 
 Every method keeps its own losses and constants from build(method=...); the schedule above
 replaces each one's own (AdaDFQ's batch 16, ZAQ's 300 epochs of 60 steps at batch 256), so the
@@ -39,7 +44,8 @@ def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
 
-def run(shared: Path, seeds: int, methods: list[str], short: dict) -> list[dict]:
+def run(shared: Path, seeds: int, methods: list[str], short: dict,
+        work: Path | None = None) -> list[dict]:
     out = []
     for method in methods:
         cfgs = [build("cifar10-resnet20-4w4a", method=method, teacher="resnet20_cifar10_a",
@@ -48,8 +54,14 @@ def run(shared: Path, seeds: int, methods: list[str], short: dict) -> list[dict]
                       device="cpu", **short)
                 for s in range(seeds)]
         t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as d:
-            finals = train_pack(cfgs, Path(d), report=lambda m, checkpoint_dir=None: None)
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = Path(work) / method if work else Path(tmp)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt = out_dir / "checkpoint"
+            resume = ckpt if (ckpt / "state.pt").is_file() or (ckpt / "state.prev.pt").is_file() \
+                else None
+            finals = train_pack(cfgs, out_dir, report=lambda m, checkpoint_dir=None: None,
+                                resume_from=resume)
         top1, start = [f["top1"] for f in finals], [f["start_top1"] for f in finals]
         row = dict(method=method, teacher=finals[0]["teacher_top1"], start=start, top1=top1,
                    start_mean=_mean(start), top1_mean=_mean(top1), top1_std=_std(top1),
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=SHORT["epochs"])
     p.add_argument("--steps-per-epoch", type=int, default=SHORT["steps_per_epoch"])
     p.add_argument("--json", type=Path)
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="keep each method's checkpoints in DIR/<method> and continue from them")
     args = p.parse_args(argv)
     if not (args.shared / "resnet20_cifar10_akamaster.th").is_file():
         print(f"{args.shared} lacks the akamaster checkpoint and the CIFAR-10 npz; pass --shared",
@@ -83,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
              "warmup_epochs": min(SHORT["warmup_epochs"], args.epochs),
              "act_range_epochs": min(SHORT["act_range_epochs"], args.epochs)}
     logging.basicConfig(level=logging.WARNING)
-    rows = run(args.shared, args.seeds, methods, short)
+    rows = run(args.shared, args.seeds, methods, short, args.work_dir)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -168,8 +168,14 @@ def test_generator_fidelity_bench_one_tiny_schedule(bench, tmp_path, monkeypatch
     real = config.build
     monkeypatch.setattr(config, "build", lambda *a, **k: real(*a, **{**k, "eval_limit": 64,
                                                                    "batch_size": 8}))
-    out = bench("generator_fidelity.py", "--seeds", "1", "--methods", "adadfq,zaq",
-                "--epochs", "1", "--steps-per-epoch", "1", "--json", str(tmp_path / "g.json"))
+    args = ("generator_fidelity.py", "--seeds", "1", "--methods", "adadfq,zaq", "--epochs", "1",
+            "--steps-per-epoch", "1", "--work-dir", str(tmp_path / "work"))
+    out = bench(*args, "--json", str(tmp_path / "g.json"))
     assert "adadfq" in out and "zaq" in out
     rows = json.loads((tmp_path / "g.json").read_text())
     assert [r["method"] for r in rows] == ["adadfq", "zaq"] and rows[0]["teacher"] > 80
+    assert (tmp_path / "work" / "zaq" / "checkpoint" / "state.pt").is_file()
+    # run again with the work dir: every pack continues from its finished checkpoint
+    bench(*args, "--json", str(tmp_path / "again.json"))
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert [(r["start"], r["top1"]) for r in again] == [(r["start"], r["top1"]) for r in rows]
