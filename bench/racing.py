@@ -20,19 +20,21 @@ cell i as x[i, j]: the designs are compared on the same draws, and a repetition'
 depend on how many repetitions or which other settings run (so `--workers` changes nothing).
 
 **Designs.**
-- fixed n seeds per cell (`--fixed`, default 2 3 5 10 20 40 80; `--reps` repetitions, default
-  1000): the reported best is the highest mean; bold is the shipped rule, `analysis.stats.
+- fixed n seeds per cell (`--fixed`, default 2 3 4 5 6 8 10 12 15 20 25 30 40 50 60 80 100 120
+  160; `--reps` repetitions, default 1000): the reported best is the highest mean; bold is the shipped rule, `analysis.stats.
   pair_bounds` on the repetition's y[cell, seed] (a cell is not bold iff some other cell has
   p[i, j] < alpha, which is `analysis.stats.ties`; tests/test_racing_bench.py checks it);
-- races (`--variants`, default "race" = `sweeps.race.Settings()`, "race max40" (max_seeds=40),
-  "race width=0"; "race tost" (stop="tost") on request; `--race-reps` races, default 200): the
+- races (`--variants`, default "race" = `sweeps.race.Settings()` and the same race at
+  max_seeds 10, 40, 80, 160 ("race maxN"); on request "race screen=0" (seeds by the race's own
+  bounds), "race lucb" (the previous release's rounds: width 3, no growth; with screen 0 it is
+  that release's race) and "race tost"; `--race-reps` races, default 200): the
   SHIPPED rule, `sweeps.race.decide`, called look by look in a loop on arrays that is
   `sweeps.race.replay`'s (round 0: every cell seeds 0..n0-1; after look r the alive cells are
   the survivors, cell k's new seeds are n[k] .. n[k] + more[k] - 1; it ends when the Decision
   has a stop). replay itself needs TrainConfig cells and rows; tests/test_racing_bench.py
   checks on fake rows that the two make the same decisions. The reported best is the pick;
   a cell is bold as a raced table shows it (analysis.cells): not put out, and bold by
-  `pair_bounds` on all its raced values.
+  `pair_bounds` on all its raced values at one more look's share of alpha.
 
 **Measured**, per setting x design (Wilson 95 % intervals, statsmodels, on the counts):
 - P(right): the reported best (pick) is truly within delta = 0.25 points of the true best;
@@ -41,7 +43,7 @@ depend on how many repetitions or which other settings run (so `--workers` chang
 - P(best out) (races): some truly best cell was put out by the race;
 - P(worse bold): some cell truly more than delta below the best is bold;
 - trials: the mean number of trials; for races, how each stopped (delta-good: no cell can beat
-  the pick by delta; one left; max seeds; tost).
+  the pick by delta; no survivor could beat the pick at the screen; one left; max seeds; tost).
 
 **The comparison** at a fixed target, P(right) >= 0.95. A design *reaches* it when the lower end
 of its Wilson interval is >= 0.95 (the same rule for fixed designs and races; with 200 races
@@ -49,7 +51,12 @@ that needs about 196 right, with 1000 fixed repetitions about 962). Per table se
 variant: the cheapest fixed design that reaches it, and ratio = its trials / the race's. A WIN
 needs the race to reach the target and ratio >= 2. When no fixed design reaches it, the ratio
 against the largest fixed design (which does not reach) is a lower bound, and that counts as a
-win only when the race reaches and the bound is already >= 2.
+win only when the race reaches and the bound is already >= 2. "best race" is the cheapest race
+variant that reaches: the race tuned by its one knob, --max-seeds, as the fixed design is by its
+seeds. Why a setting is not a win: round 0 alone (n0 x cells) costs more than half the cheapest
+fixed design; or `oracle` (seeds allotted knowing the true means, the fewest per cell whose best
+mean is right with probability >= 0.963) saves less than half, which no race that must learn the
+means can beat; or the race does not reach; or the ratio is below 2.
 
 **Targets** (issue 20), printed PASS / FAIL with the figure and its interval. PASS: the upper
 end of the interval is within the target; "PASS (point)": the estimate is, its interval is not;
@@ -63,10 +70,12 @@ FAIL: the estimate is not.
   s = 1, block 0.5), `analysis.effects.axis_effects(samples, "table9", balanced_seeds=n0)`
   (the test on round-0 rows) rejects p or K at 0.05 at most 5 % of the time; beside it the
   rate on all raced rows (no balanced_seeds), for comparison;
-- the race wins in at least 8 of the 12 table settings.
+- the race (best race) wins in at least 8 of the 12 table settings; the figure says how many of
+  the 12 are within any race's reach.
 
-Time: `pair_bounds` and `decide` are a few ms each; a 24-cell race with width 3 looks up to
-~100 times (~220 with max 40 seeds). Settings run in `--workers` processes (default 2).
+Time: `pair_bounds` and `decide` are a few ms each; a 24-cell race looks 5-21 times on average
+(its rounds grow by a quarter). The default run took about 30 min on 2 loaded cores; settings run
+in `--workers` processes (default 2).
 """
 
 from __future__ import annotations
