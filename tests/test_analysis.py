@@ -511,3 +511,28 @@ def test_files_written_before_act_quant_sites_existed_still_load(tmp_path):
     assert results.read(tmp_path, "trials", ["config_hash", "act_quant_sites"])[
         "act_quant_sites"].tolist() == ["call_site"]
     assert results.read(tmp_path, "trials")["act_quant_sites"].tolist() == ["call_site"]
+
+
+def test_a_raced_tables_bold_is_one_more_look_of_the_race(tmp_path):
+    # DM=1 and 2 are about 1 point below DM=0 on every seed: out of bold at the full alpha,
+    # but a raced table's bold is the race's next look (here the 11th: alpha 2.5e-4), where
+    # three seeds cannot say it, so that the race and the table spend alpha together
+    from analysis import racelog
+    from analysis.racelog import GroupLog, RaceLog
+    jitter = (0.2, -0.2, 0.0)
+    rows = [row("table8", C10, v, seed=s, dm_layers=d)
+            for s, base in enumerate((70.0, 72.0, 68.0))
+            for d, v in ((0, base), (1, base - 1.0 + jitter[s]),
+                         (2, base - 1.01 + jitter[s] / 2))]
+    results.write(rows, tmp_path, "trials")
+    fixed = tables.build("table8", load(tmp_path)).cells.set_index("dm_layers")
+    assert fixed.loc[0, "bold"] and not fixed.loc[1, "bold"] and not fixed.loc[2, "bold"]
+    racelog.write(tmp_path / racelog.LOG_NAME.format(table="table8"), RaceLog(
+        table="table8", name="t8", plan={}, settings={"alpha": 0.05, "n0": 3}, rounds=[],
+        stop="", groups=[GroupLog(group=C10, round=10, stop="", winner="", remeasured={},
+                                  todo=0, seeds={})]))
+    t = tables.build("table8", load(tmp_path))
+    raced = t.cells.set_index("dm_layers")
+    assert raced.loc[[0, 1, 2], "bold"].all()
+    note = next(n for n in t.notes if n.startswith("▲"))
+    assert "at 0.00025, one more look of the race" in note and "at least 95%" in note

@@ -447,6 +447,7 @@ def test_offline_race_killed_between_rounds_resumes_and_tables_show_it(digits_ca
     for _, c in out_cells.iterrows():
         assert "out in round" in c["text"] and f"n={int(c['n'])}" in c["text"]
     assert any("Raced seeds" in n for n in t.notes)
+    assert any("one more look of the race" in n for n in t.notes)     # bold's level
     assert resolve.resolve(t).lines()
     state = page_state(tmp_path / "r")
     t9 = next(x for x in state["tables"] if x["name"] == "table9")
