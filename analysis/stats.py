@@ -204,7 +204,8 @@ def _pair_bounds(y: np.ndarray, alpha: float, const: np.ndarray | None,
         var = (((dsum - dbar[..., None]) * both) ** 2).sum(-1) / (nc - 1)
     paired = (nc >= 2) & ~is_c[:, None] & ~is_c[None, :]
     diff = np.where(nc >= 1, dbar, diff)
-    names = np.array([f"paired (n={c})" for c in range(int(nc.max()) + 1)], dtype=object)[nc]
+    names = np.array([f"paired (n={c})" for c in range(int(nc.max(initial=0)) + 1)],
+                     dtype=object)[nc]
     bound(diff, np.sqrt(np.maximum(var, floor_d) / nc), nc - 1, a_half, names, paired)
     # no common seed: Welch on the plain means
     with np.errstate(invalid="ignore", divide="ignore"):
