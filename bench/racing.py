@@ -22,8 +22,9 @@ depend on how many repetitions or which other settings run (so `--workers` chang
 **Designs.**
 - fixed n seeds per cell (`--fixed`, default 2 3 4 5 6 8 10 12 15 20 25 30 40 50 60 80 100 120
   160; `--reps` repetitions, default 1000): the reported best is the highest mean; bold is the
-  shipped rule, `analysis.stats.pair_bounds` on the repetition's y[cell, seed] (a cell is not bold iff some other cell has
-  p[i, j] < alpha, which is `analysis.stats.ties`; tests/test_racing_bench.py checks it);
+  shipped rule, `analysis.stats.pair_bounds` on the repetition's y[cell, seed] (a cell is not
+  bold iff some other cell has p[i, j] < alpha, which is `analysis.stats.ties`;
+  tests/test_racing_bench.py checks it);
 - races (`--variants`, default "race" = `sweeps.race.Settings()` and the same race at
   max_seeds 10, 40, 80, 160 ("race maxN"); on request "race screen=0" (seeds by the race's own
   bounds), "race lucb" (the previous release's rounds: width 3, no growth; with screen 0 it is
