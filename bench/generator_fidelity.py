@@ -19,40 +19,26 @@ numbers (400 epochs of 200 steps).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from qimera_core.config import build
+import akamaster  # bench/akamaster.py (this script's folder is on sys.path)
+
 from qimera_core.train import train_pack
 
-HERE = Path(__file__).resolve()
 METHODS = ("qimera", "gdfq", "adadfq", "zaq")
 SHORT = dict(batch_size=64, steps_per_epoch=25, epochs=12, warmup_epochs=4, act_range_epochs=4,
              w_bits=4, a_bits=4)
-
-
-def _mean(xs: list[float]) -> float:
-    return statistics.mean(xs) if xs else float("nan")
-
-
-def _std(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
 
 
 def run(shared: Path, seeds: int, methods: list[str], short: dict,
         work: Path | None = None) -> list[dict]:
     out = []
     for method in methods:
-        cfgs = [build("cifar10-resnet20-4w4a", method=method, teacher="resnet20_cifar10_a",
-                      teacher_weights=str(shared / "resnet20_cifar10_akamaster.th"),
-                      eval_data=f"npz:{shared / 'cifar10-test-first1000.npz'}", seed=s,
-                      device="cpu", **short)
-                for s in range(seeds)]
+        cfgs = akamaster.configs(shared, method, seeds, **short)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             out_dir = Path(work) / method if work else Path(tmp)
@@ -60,11 +46,12 @@ def run(shared: Path, seeds: int, methods: list[str], short: dict,
             ckpt = out_dir / "checkpoint"
             resume = ckpt if (ckpt / "state.pt").is_file() or (ckpt / "state.prev.pt").is_file() \
                 else None
-            finals = train_pack(cfgs, out_dir, report=lambda m, checkpoint_dir=None: None,
+            finals = train_pack(cfgs, out_dir, report=akamaster.progress(method, short["epochs"]),
                                 resume_from=resume)
         top1, start = [f["top1"] for f in finals], [f["start_top1"] for f in finals]
         row = dict(method=method, teacher=finals[0]["teacher_top1"], start=start, top1=top1,
-                   start_mean=_mean(start), top1_mean=_mean(top1), top1_std=_std(top1),
+                   start_mean=akamaster.mean(start), top1_mean=akamaster.mean(top1),
+                   top1_std=akamaster.std(top1),
                    status=[f["status"] for f in finals], wall_s=time.perf_counter() - t0)
         out.append(row)
         print(f"{method:7s} teacher {row['teacher']:.2f}  start {row['start_mean']:6.2f}  final "
@@ -75,7 +62,7 @@ def run(shared: Path, seeds: int, methods: list[str], short: dict,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shared", type=Path, default=HERE.parents[2] / "shared" / "data")
+    p.add_argument("--shared", type=Path, default=akamaster.SHARED)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--epochs", type=int, default=SHORT["epochs"])
@@ -84,9 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep each method's checkpoints in DIR/<method> and continue from them")
     args = p.parse_args(argv)
-    if not (args.shared / "resnet20_cifar10_akamaster.th").is_file():
-        print(f"{args.shared} lacks the akamaster checkpoint and the CIFAR-10 npz; pass --shared",
-              file=sys.stderr)
+    if akamaster.missing(args.shared):
+        print(akamaster.missing(args.shared), file=sys.stderr)
         return 2
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
@@ -98,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
              "act_range_epochs": min(SHORT["act_range_epochs"], args.epochs)}
     logging.basicConfig(level=logging.WARNING)
     rows = run(args.shared, args.seeds, methods, short, args.work_dir)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    akamaster.write_json(args.json, rows)
     return 0
 
 

@@ -12,18 +12,16 @@ FP on every model; GDFQ quotes ZeroQ at 79.30 for CIFAR-10 4w4a with pytorchcv's
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from qimera_core.config import build
+import akamaster  # bench/akamaster.py (this script's folder is on sys.path)
+
 from qimera_core.train import train_pack
 
-HERE = Path(__file__).resolve()
 SETTINGS = {
     # label: (method, overrides)
     "zeroq official": ("zeroq", dict(synth_init="uniform", act_quant_sites="module")),
@@ -37,19 +35,15 @@ def run(shared: Path, seeds: int, bits: list[int], which: list[str]) -> list[dic
     for b in bits:
         for label in which:
             method, kw = SETTINGS[label]
-            cfgs = [build("cifar10-resnet20-4w4a", method=method, teacher="resnet20_cifar10_a",
-                          teacher_weights=str(shared / "resnet20_cifar10_akamaster.th"),
-                          eval_data=f"npz:{shared / 'cifar10-test-first1000.npz'}",
-                          w_bits=b, a_bits=b, seed=s, device="cpu", **kw)
-                    for s in range(seeds)]
+            cfgs = akamaster.configs(shared, method, seeds, w_bits=b, a_bits=b, **kw)
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as d:
-                finals = train_pack(cfgs, Path(d), report=lambda m, checkpoint_dir=None: None)
+                finals = train_pack(cfgs, Path(d),
+                                    report=akamaster.progress(f"{label} {b}w{b}a", cfgs[0].epochs))
             top1 = [f["top1"] for f in finals]
             row = dict(setting=label, bits=f"{b}w{b}a", batch=cfgs[0].batch_size,
                        teacher=finals[0]["teacher_top1"], top1=top1,
-                       mean=statistics.mean(top1),
-                       std=statistics.stdev(top1) if len(top1) > 1 else float("nan"),
+                       mean=akamaster.mean(top1), std=akamaster.std(top1),
                        synth_loss=[f["loss_bns"] for f in finals],
                        wall_s=time.perf_counter() - t0)
             out.append(row)
@@ -61,16 +55,15 @@ def run(shared: Path, seeds: int, bits: list[int], which: list[str]) -> list[dic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shared", type=Path, default=HERE.parents[2] / "shared" / "data")
+    p.add_argument("--shared", type=Path, default=akamaster.SHARED)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--bits", default="8,4")
     p.add_argument("--settings", default=",".join(SETTINGS),
                    help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if not (args.shared / "resnet20_cifar10_akamaster.th").is_file():
-        print(f"{args.shared} lacks the akamaster checkpoint and the CIFAR-10 npz; pass --shared",
-              file=sys.stderr)
+    if akamaster.missing(args.shared):
+        print(akamaster.missing(args.shared), file=sys.stderr)
         return 2
     which = [s.strip() for s in args.settings.split(",") if s.strip()]
     bad = [s for s in which if s not in SETTINGS]
@@ -79,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
     rows = run(args.shared, args.seeds, [int(b) for b in args.bits.split(",")], which)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    akamaster.write_json(args.json, rows)
     return 0
 
 

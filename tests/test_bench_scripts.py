@@ -179,3 +179,16 @@ def test_generator_fidelity_bench_one_tiny_schedule(bench, tmp_path, monkeypatch
     bench(*args, "--json", str(tmp_path / "again.json"))
     again = json.loads((tmp_path / "again.json").read_text())
     assert [(r["start"], r["top1"]) for r in again] == [(r["start"], r["top1"]) for r in rows]
+
+
+def test_fidelity_benches_share_the_progress_line_and_the_missing_data_error(monkeypatch, capsys,
+                                                                           tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import akamaster
+    akamaster.progress("zaq", 12)({"epoch": 5, "members": [{"top1": 13.3}, {"top1": 10.25}]})
+    captured = capsys.readouterr()
+    assert captured.out == "" and "zaq: epoch 5/12  top-1 per seed 13.30, 10.25" in captured.err
+    msg = akamaster.missing(tmp_path)
+    assert str(tmp_path) in msg and akamaster.CHECKPOINT in msg and "--shared" in msg
+    if (SHARED / akamaster.CHECKPOINT).is_file() and (SHARED / akamaster.IMAGES).is_file():
+        assert akamaster.missing(SHARED) is None
