@@ -1,6 +1,8 @@
 """AdaDFQ and ZAQ on the Qimera loop (baselines doc §3-4): each loss term against a hand
-computation, the 5:1 schedule, gradients through the quantized student, packs, bad input."""
+computation, each method's losses at step 0 from the facts file's formulas, the 5:1 schedule,
+gradients through the quantized student, packs, bad input."""
 
+import copy
 import math
 
 import numpy as np
@@ -282,3 +284,119 @@ def test_a_short_run_trains_resumes_and_loads_back(teacher_file, tmp_path, metho
     t = checkpoint.load_trained(tmp_path / "checkpoint")
     assert t.cfg.method == method and t.generator is not None
     assert not any(k.startswith("model.") for k in t.student.state_dict())
+
+
+# ---- each method's losses at step 0, by hand from the facts file (baselines doc §3-4) --------
+def _np(x):
+    return x.detach().double().numpy()
+
+
+def _bns_by_hand(teacher, x):
+    """GDFQ's L_BNS (method doc §4.1): per BN layer, the MSE of the batch mean and of the biased
+    batch variance of its input against its running statistics, averaged over the layers."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, _np(i[0]))))
+             for m in teacher.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        teacher(x)
+    for h in hooks:
+        h.remove()
+    terms = [((a.mean((0, 2, 3)) - _np(m.running_mean)) ** 2).mean()
+             + ((a.var((0, 2, 3)) - _np(m.running_var)) ** 2).mean() for m, a in seen]
+    return float(np.mean(terms))
+
+
+def _teacher_by_hand(teacher, x):
+    """The teacher's logits and its residual stages' outputs on x, with plain hooks."""
+    feats = []
+    hooks = [dict(teacher.named_modules())[n].register_forward_hook(
+        lambda m, i, o: feats.append(_np(o))) for n in stage_names(teacher)]
+    with torch.no_grad():
+        t = _np(teacher(x))
+    for h in hooks:
+        h.remove()
+    return t, feats
+
+
+def _recording(t):
+    """Record what a Trial's step samples and shows the student; returns the two lists."""
+    lats, xs = [], []
+    sample, student = t.sample, t._student
+    t.sample = lambda: lats.append(sample()) or lats[-1]
+    t._student = lambda x: xs.append(x.detach().clone()) or student(x)
+    return lats, xs
+
+
+def _student_copy(t):
+    s = copy.deepcopy(t._s)
+
+    def run(x):
+        with torch.no_grad():
+            out = s(x)
+        return out if t.stages else (out, ())
+    return run
+
+
+def test_adadfq_losses_at_step_0_equal_the_facts_files_formulas(teacher_file):
+    """L_G = L_margin + beta (a_ds CE(t - s, y) + a_as CE(t + s, y)) + gamma L_BNS and
+    L_S = -T^2 mean entropy(softmax((t - s) / T)), each phase's first step, by hand."""
+    c = cfg(teacher_file, "adadfq", adadfq_lambda_l=0.3, adadfq_lambda_u=0.6)
+    t = Trial(c, CPU)
+    for train_student, calibrate in ((False, True), (True, False)):
+        t.set_calibration(calibrate)
+        student = _student_copy(t)
+        lats, xs = _recording(t)
+        out = t.step(train_student, calibrate)
+        x, y = xs[0], _np(lats[0].targets[0])
+        te, _ = _teacher_by_hand(t.teacher, x[0])
+        s = _np(student(x)[0][0])
+        d = te - s
+        h = _entropy(d)
+        hn = (h - h.min()) / (math.log(d.shape[1]) - h.min())
+        margin = np.maximum(c.adadfq_lambda_l - hn, 0).mean() \
+            + np.maximum(hn - c.adadfq_lambda_u, 0).mean()
+
+        ce_ds, ce_as = (-(y * np.log(_softmax(z))).sum(-1).mean() for z in (d, te + s))
+        want = margin + c.adadfq_beta * (c.adadfq_alpha_ds * ce_ds + c.adadfq_alpha_as * ce_as) \
+            + c.bns_weight * _bns_by_hand(t.teacher, x[0])
+        assert out["loss_g"].item() == pytest.approx(want, rel=1e-4), (train_student, calibrate)
+        if train_student:
+            T = c.kd_temperature
+            assert out["loss_s"].item() == pytest.approx(-T**2 * _entropy(d / T).mean(), rel=1e-4)
+
+
+def _scrm_by_hand(fs, ft):
+    total = 0.0
+    for a, b in zip(fs, ft, strict=True):
+        na, nb = (np.linalg.norm(v, axis=1, keepdims=True) for v in (a, b))
+        a = np.where(na > 1e-6, a / np.maximum(na, 1e-6), 0)
+        b = np.where(nb > 1e-6, b / np.maximum(nb, 1e-6), 0)
+        total += np.abs(np.stack([_spatial(v) for v in a]) - np.stack([_spatial(v) for v in b])
+                        ).mean()
+        total += np.abs(np.stack([_channel(v) for v in a]) - np.stack([_channel(v) for v in b])
+                        ).mean()
+    return total
+
+
+def test_zaq_losses_at_step_0_equal_the_facts_files_formulas(teacher_file):
+    """L_G = -L1(s, t) - alpha SCRM - beta mean|last stage of P| on the generator's batch, and
+    L_Q = L1(s, t) + alpha SCRM on the student step's own fresh batch, by hand."""
+    c = cfg(teacher_file, "zaq", zaq_student_steps=1, zaq_alpha=0.7, zaq_beta=0.3)
+    t = Trial(c, CPU)
+    t.set_calibration(True)
+    t.step(False, True)                     # the warm-up's first step sets the ranges
+    t.set_calibration(False)
+    student = _student_copy(t)
+    _, xs = _recording(t)
+    out = t.step(True, False)
+    assert len(xs) == 2                     # the generator step's batch, the student step's
+    losses_by_hand = []
+    for x in xs:
+        te, t_feats = _teacher_by_hand(t.teacher, x[0])
+        s, s_feats = student(x)
+        s, s_feats = _np(s[0]), [_np(f[0]) for f in s_feats]
+        disc = np.abs(s - te).mean() + c.zaq_alpha * _scrm_by_hand(s_feats, t_feats)
+        losses_by_hand.append((disc, np.abs(t_feats[-1]).mean()))
+    (disc_g, magnitude), (disc_s, _) = losses_by_hand
+    assert out["loss_g"].item() == pytest.approx(-disc_g - c.zaq_beta * magnitude, rel=1e-4)
+    assert out["loss_s"].item() == pytest.approx(disc_s, rel=1e-4)
