@@ -182,7 +182,8 @@ def _paper_value(spec: TableSpec, setting: tuple[str, str, str], label: str) -> 
 
 
 def _paper_cells(spec: TableSpec, settings: list) -> list[dict]:
-    """Baselines we do not run (ZeroQ, ZAQ, DSG): the paper's value, or '-' where it has none."""
+    """A spec's quoted-only baselines (`spec.quoted`, never run; no shipped table has one now):
+    the paper's value, or '-' where it has none."""
     out = []
     for s in settings:
         for m in spec.quoted:

@@ -1,7 +1,8 @@
-"""Main results: top-1 accuracy (%) of GDFQ and Qimera for every dataset, model and bit width
-of the paper (CIFAR-10 and CIFAR-100 with ResNet-20, ImageNet with ResNet-18, ResNet-50 and
-MobileNetV2; 4w4a and 5w5a), each from its preset (p and K of the official run scripts).
-(ZeroQ and ZAQ are the paper's numbers; they are not run here.)
+"""Main results: top-1 accuracy (%) of Qimera and the baselines it is compared with, all run
+here (ZeroQ, DSG, ZAQ, GDFQ, and AdaDFQ beside them), for every dataset, model and bit width of
+the paper (CIFAR-10 and CIFAR-100 with ResNet-20, ImageNet with ResNet-18, ResNet-50 and
+MobileNetV2; 4w4a and 5w5a), each from its preset (p and K of the official run scripts). A
+baseline not yet run in a setting shows the paper's number there, marked "(quoted)".
 
     python -m sweeps.main [--smoke-test] [--only cifar] [--seeds 3]
 """

@@ -1,6 +1,7 @@
 """Table 10 (supplement): top-1 accuracy (%) of Qimera against DSG on ImageNet: ResNet-18 at
 4w4a, ResNet-50 at 6w6a, InceptionV3 at 4w4a, SqueezeNext (sqnxt23_w2) at 6w6a and ShuffleNet
-(v1, g=1) at 6w6a. (DSG's numbers are DSG's own reported values; only Qimera is run.)
+(v1, g=1) at 6w6a. DSG and ZeroQ run here beside Qimera; a setting where one has not run shows
+the paper's number (DSG's own reported values), marked "(quoted)".
 
 The teachers are the pytorchcv models ZeroQ and DSG use. InceptionV3 runs at 299x299: the
 generator renders 300x300 and centre-crops (qimera_core.generator). The paper gives no p and K

@@ -1,7 +1,8 @@
 """Table 7 (supplement): top-1 accuracy (%) of Qimera with class embeddings initialised from
 the teacher's classifier and frozen ("Extracted Init + Freeze"), next to Qimera with the
 extracted embeddings trained and the GDFQ baseline, for every dataset, model and bit width.
-(The table's ZeroQ and ZAQ columns are the paper's numbers; they are not run here.)
+The ZeroQ, DSG and ZAQ columns are run here too; one not yet run in a setting shows the
+paper's number there, marked "(quoted)".
 
     python -m sweeps.table7 [--smoke-test] [--only imagenet] [--seeds 3]
 """
