@@ -42,8 +42,11 @@ def progress(label: str, epochs: int) -> Callable[..., None]:
     stderr (the benches' tables stay alone on stdout)."""
     t0 = time.perf_counter()
 
+    def shown(v: Any) -> str:            # an epoch without evaluation has no top-1
+        return f"{v:.2f}" if isinstance(v, int | float) else "-"
+
     def report(metrics: dict, checkpoint_dir: Path | None = None) -> None:
-        top1 = ", ".join(f"{m.get('top1', float('nan')):.2f}" for m in metrics.get("members", []))
+        top1 = ", ".join(shown(m.get("top1")) for m in metrics.get("members", []))
         print(f"  {label}: epoch {metrics.get('epoch')}/{epochs}  top-1 per seed {top1}  "
               f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return report

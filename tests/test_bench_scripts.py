@@ -188,6 +188,8 @@ def test_fidelity_benches_share_the_progress_line_and_the_missing_data_error(mon
     akamaster.progress("zaq", 12)({"epoch": 5, "members": [{"top1": 13.3}, {"top1": 10.25}]})
     captured = capsys.readouterr()
     assert captured.out == "" and "zaq: epoch 5/12  top-1 per seed 13.30, 10.25" in captured.err
+    akamaster.progress("zaq", 12)({"epoch": 6, "members": [{"top1": None}, {}]})   # not evaluated
+    assert "epoch 6/12  top-1 per seed -, -" in capsys.readouterr().err
     msg = akamaster.missing(tmp_path)
     assert str(tmp_path) in msg and akamaster.CHECKPOINT in msg and "--shared" in msg
     if (SHARED / akamaster.CHECKPOINT).is_file() and (SHARED / akamaster.IMAGES).is_file():
