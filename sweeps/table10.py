@@ -6,7 +6,7 @@ the paper's number (DSG's own reported values), marked "(quoted)".
 The teachers are the pytorchcv models ZeroQ and DSG use. InceptionV3 runs at 299x299: the
 generator renders 300x300 and centre-crops (qimera_core.generator). The paper gives no p and K
 for these rows: ResNet-50 at 6w6a starts from the 5w5a preset (p = 0.7, K = 100); the other
-three presets use p = 0.4, K = 100 (qimera_core.config). Activations are quantized per call
+three presets use p = 0.4, K = 100 (qimera_core.presets). Activations are quantized per call
 site (act_quant_sites="call_site"), which for ShuffleNet gives each of the 16 units' two ReLU
 calls its own range; the official per-module quantizer shares one range between them.
 
