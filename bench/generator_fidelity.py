@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="keep each method's checkpoints in DIR/<method> and continue from them")
     args = p.parse_args(argv)
-    if akamaster.missing(args.shared):
-        print(akamaster.missing(args.shared), file=sys.stderr)
+    error = akamaster.missing(args.shared)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]

@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma list of {', '.join(SETTINGS)}")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    if akamaster.missing(args.shared):
-        print(akamaster.missing(args.shared), file=sys.stderr)
+    error = akamaster.missing(args.shared)
+    if error:
+        print(error, file=sys.stderr)
         return 2
     which = [s.strip() for s in args.settings.split(",") if s.strip()]
     bad = [s for s in which if s not in SETTINGS]

@@ -81,21 +81,31 @@ def _channel(x):
     return x + 0.1 * (_softmax(e) @ f).reshape(c, h, w)
 
 
+def _np(x):
+    return x.detach().double().numpy()
+
+
+def _scrm_by_hand(fs, ft):
+    """SCRM (baselines doc §3) on numpy stage outputs: each map L2-normalised over channels
+    (zero vectors stay zero), then the L1 of the spatially and of the channel-attended maps."""
+    total = 0.0
+    for a, b in zip(fs, ft, strict=True):
+        na, nb = (np.linalg.norm(v, axis=1, keepdims=True) for v in (a, b))
+        a = np.where(na > 1e-6, a / np.maximum(na, 1e-6), 0)
+        b = np.where(nb > 1e-6, b / np.maximum(nb, 1e-6), 0)
+        total += np.abs(np.stack([_spatial(v) for v in a]) - np.stack([_spatial(v) for v in b])
+                        ).mean()
+        total += np.abs(np.stack([_channel(v) for v in a]) - np.stack([_channel(v) for v in b])
+                        ).mean()
+    return total
+
+
 def test_scrm_and_logit_l1_match_hand_computations():
     g = torch.Generator().manual_seed(1)
     fs = [torch.randn(3, 4, 3, 3, generator=g).relu(), torch.randn(3, 6, 2, 2, generator=g)]
     ft = [torch.randn(3, 4, 3, 3, generator=g).relu(), torch.randn(3, 6, 2, 2, generator=g)]
     fs[0][0, :, 1, 1] = 0.0                   # an all-zero channel vector, as quantized ReLUs give
-    want = 0.0
-    for a, b in zip(fs, ft, strict=True):
-        a, b = a.double().numpy(), b.double().numpy()
-        na = np.linalg.norm(a, axis=1, keepdims=True)
-        nb = np.linalg.norm(b, axis=1, keepdims=True)
-        a = np.where(na > 1e-6, a / np.maximum(na, 1e-6), 0)
-        b = np.where(nb > 1e-6, b / np.maximum(nb, 1e-6), 0)
-        sa = np.stack([_spatial(x) for x in a]) - np.stack([_spatial(x) for x in b])
-        ca = np.stack([_channel(x) for x in a]) - np.stack([_channel(x) for x in b])
-        want += np.abs(sa).mean() + np.abs(ca).mean()
+    want = _scrm_by_hand([_np(f) for f in fs], [_np(f) for f in ft])
     assert losses.scrm(fs, ft).item() == pytest.approx(want, rel=1e-5)
     assert losses.scrm([f[None] for f in fs], [f[None] for f in ft], lead=1).shape == (1,)
     s, t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
@@ -287,10 +297,6 @@ def test_a_short_run_trains_resumes_and_loads_back(teacher_file, tmp_path, metho
 
 
 # ---- each method's losses at step 0, by hand from the facts file (baselines doc §3-4) --------
-def _np(x):
-    return x.detach().double().numpy()
-
-
 def _bns_by_hand(teacher, x):
     """GDFQ's L_BNS (method doc §4.1): per BN layer, the MSE of the batch mean and of the biased
     batch variance of its input against its running statistics, averaged over the layers."""
@@ -363,19 +369,6 @@ def test_adadfq_losses_at_step_0_equal_the_facts_files_formulas(teacher_file):
         if train_student:
             T = c.kd_temperature
             assert out["loss_s"].item() == pytest.approx(-T**2 * _entropy(d / T).mean(), rel=1e-4)
-
-
-def _scrm_by_hand(fs, ft):
-    total = 0.0
-    for a, b in zip(fs, ft, strict=True):
-        na, nb = (np.linalg.norm(v, axis=1, keepdims=True) for v in (a, b))
-        a = np.where(na > 1e-6, a / np.maximum(na, 1e-6), 0)
-        b = np.where(nb > 1e-6, b / np.maximum(nb, 1e-6), 0)
-        total += np.abs(np.stack([_spatial(v) for v in a]) - np.stack([_spatial(v) for v in b])
-                        ).mean()
-        total += np.abs(np.stack([_channel(v) for v in a]) - np.stack([_channel(v) for v in b])
-                        ).mean()
-    return total
 
 
 def test_zaq_losses_at_step_0_equal_the_facts_files_formulas(teacher_file):
