@@ -3,6 +3,7 @@ of this machine's own conv throughput it reaches.
 
     python bench/step_time.py --device cpu --threads 2 --steps 10
     python bench/step_time.py --quick                   # seconds: tiny sizes, for tests only
+    python bench/step_time.py --method zaq --batch-size 64 --steps 4   # another method's step
 
 Batch 200, pytorchcv ResNet-20 teacher with random weights, synthetic eval data (nothing is
 downloaded). Phases: generator forward, teacher forward (+BN statistics), generator backward
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from qimera_core import quant
 from qimera_core.builders import resolve_device
-from qimera_core.config import build
+from qimera_core.config import GENERATOR_METHODS, build
 from qimera_core.step import Trial
 
 
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--amp-bf16", action="store_true")
     p.add_argument("--teacher", default="resnet20_cifar10")
+    p.add_argument("--method", default="qimera", choices=GENERATOR_METHODS,
+                   help="whose training step (the post-training methods have none)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes, for tests: CPU, one thread, batch 4, 2 timed steps, a "
                         "256^2 matmul probe of one rep; the figures mean nothing")
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--steps must be >= 2: the whole step and its phases are timed on alternate "
                 "steps, each after an untimed one")
     probe_size = dict(reps=1, n=256) if args.quick else {}
-    cfg = build("cifar10-resnet20-4w4a", teacher=args.teacher, teacher_weights="random",
+    cfg = build("cifar10-resnet20-4w4a", method=args.method, teacher=args.teacher,
+                teacher_weights="random",
                 eval_data="synthetic", device=args.device, num_threads=args.threads,
                 batch_size=args.batch_size, channels_last=args.channels_last,
                 amp_bf16=args.amp_bf16)
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         (platform.processor() or platform.machine())
     print(f"device={device.type} ({name}) threads={torch.get_num_threads()} "
-          f"batch={cfg.batch_size} teacher={cfg.teacher} torch={torch.__version__} "
+          f"method={cfg.method} batch={cfg.batch_size} teacher={cfg.teacher} "
+          f"torch={torch.__version__} "
           f"channels_last={cfg.channels_last} amp_bf16={cfg.amp_bf16}")
     probes = [probe(trial, **probe_size)]
     for label, train_student, calibrate in (("warm-up step (calibrating)", False, True),

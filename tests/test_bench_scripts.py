@@ -83,6 +83,11 @@ def test_step_time_quick(bench):
     assert "main-phase step" in out and "generator_fwd" in out and "matmul 256^2" in out
 
 
+def test_step_time_quick_times_another_methods_step(bench):
+    out = bench("step_time.py", "--quick", "--method", "zaq")
+    assert "method=zaq" in out and "main-phase step" in out
+
+
 def test_step_time_refuses_too_few_steps(bench, capsys):
     with pytest.raises(SystemExit):
         bench("step_time.py", "--steps", "1")

@@ -361,7 +361,6 @@ def test_adadfq_losses_at_step_0_equal_the_facts_files_formulas(teacher_file):
         hn = (h - h.min()) / (math.log(d.shape[1]) - h.min())
         margin = np.maximum(c.adadfq_lambda_l - hn, 0).mean() \
             + np.maximum(hn - c.adadfq_lambda_u, 0).mean()
-
         ce_ds, ce_as = (-(y * np.log(_softmax(z))).sum(-1).mean() for z in (d, te + s))
         want = margin + c.adadfq_beta * (c.adadfq_alpha_ds * ce_ds + c.adadfq_alpha_as * ce_as) \
             + c.bns_weight * _bns_by_hand(t.teacher, x[0])
