@@ -144,8 +144,8 @@ def spatial_attention(x: Tensor) -> Tensor:
     """x + 0.1 * (x re-weighted by a softmax over the HW x HW affinity), per sample:
     (..., C, H, W). That is attention with the positions' channel vectors as queries, keys and
     values, unscaled: F.scaled_dot_product_attention, which on contiguous (M, 1, HW, C) input
-    takes a fused kernel that never holds the HW x HW matrix (about 3.5x faster forward and
-    backward on the CPU at ResNet-20's first stage; docs/benchmarks.md)."""
+    takes a fused kernel that never holds the HW x HW matrix (ZAQ's CPU step 2.2x faster at
+    half the peak memory; docs/benchmarks.md)."""
     c, hw = x.shape[-3], x.shape[-2] * x.shape[-1]
     q = x.flatten(-2).transpose(-1, -2).reshape(-1, 1, hw, c).contiguous()   # (M, 1, HW, C)
     out = F.scaled_dot_product_attention(q, q, q, scale=1.0)                 # (M, 1, HW, C)
